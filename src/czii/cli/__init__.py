@@ -1,0 +1,48 @@
+"""``czii``: one console command, one thin module per subcommand.
+
+Each module in :data:`SUBCOMMANDS` defines ``add_arguments(parser)`` and
+``run(args) -> int``; it parses, calls one library function and prints.
+Errors a user can fix (:class:`czii.errors.CziiError`) become one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from czii.errors import CziiError
+
+# subcommand name -> (module under czii.cli, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("simulate", "write a simulated CZII dataset (copick project + Kaggle layout)"),
+    "score": ("score", "score a submission CSV against a solution with the competition metric"),
+    "train": ("train", "train a 3D U-Net heatmap model on one fold of a config"),
+    "infer": ("infer", "sliding-window ensemble inference with TTA; writes a submission CSV"),
+    "tune": ("tune", "tune per-class thresholds on out-of-fold predictions"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="czii", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        mod = importlib.import_module(f"czii.cli.{module}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except CziiError as exc:
+        print(f"czii {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""OME-Zarr v0.4 tomograms exactly as the CZII data ships them.
+
+Layout of ``<type>.zarr``: a zarr v2 group with levels ``"0"``, ``"1"``, ``"2"`` (each a
+factor 2 coarser, sizes rounded up), float32, chunks 256³, blosc lz4 (clevel 5,
+byte shuffle), ``/`` dimension separator, and ``.zattrs`` ``multiscales`` (version 0.4,
+axes z, y, x in Ångström, one ``scale`` transformation per level).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import zarr
+from numcodecs import Blosc
+
+from czii.errors import DataError
+
+CHUNKS_ZYX = (256, 256, 256)
+COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE, blocksize=0)
+
+
+def downsample2(volume_zyx: np.ndarray) -> np.ndarray:
+    """Mean of 2×2×2 blocks; odd sides are padded by edge replication (so 315 → 158, as in the real data)."""
+    pad = [(0, s % 2) for s in volume_zyx.shape]
+    v = np.pad(volume_zyx, pad, mode="edge") if any(p[1] for p in pad) else volume_zyx
+    z, y, x = (s // 2 for s in v.shape)
+    return v.reshape(z, 2, y, 2, x, 2).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+
+
+def _spacing_triple(spacing_zyx_A: float | Sequence[float]) -> list[float]:
+    s = np.broadcast_to(np.asarray(spacing_zyx_A, dtype=np.float64), (3,))
+    return [float(v) for v in s]
+
+
+def multiscales_attrs(spacing_zyx_A: float | Sequence[float], n_levels: int) -> dict:
+    """The ``.zattrs`` document of a tomogram with ``n_levels`` levels."""
+    base = _spacing_triple(spacing_zyx_A)
+    datasets = [
+        {"coordinateTransformations": [{"scale": [s * 2**level for s in base], "type": "scale"}], "path": str(level)}
+        for level in range(n_levels)
+    ]
+    axes = [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"]
+    return {"multiscales": [{"axes": axes, "datasets": datasets, "metadata": {}, "name": "/", "version": "0.4"}]}
+
+
+def write_ome_zarr(
+    path: str | Path, volume_zyx: np.ndarray, spacing_zyx_A: float | Sequence[float], n_levels: int = 3
+) -> None:
+    """Write ``volume_zyx`` (level 0) and its coarser levels to ``path`` atomically.
+
+    The store is written under a temporary sibling name and renamed when complete, so an
+    interrupted write leaves nothing at ``path``. An existing ``path`` is replaced.
+    """
+    path = Path(path)
+    vol = np.ascontiguousarray(volume_zyx, dtype=np.float32)
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be 3-D z,y,x, got shape {vol.shape}")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        store = zarr.DirectoryStore(str(tmp), dimension_separator="/")
+        group = zarr.group(store=store, overwrite=True)
+        level_data = vol
+        for level in range(n_levels):
+            if level:
+                level_data = downsample2(level_data)
+            group.create_dataset(
+                str(level), data=level_data, chunks=CHUNKS_ZYX, dtype="<f4",
+                compressor=COMPRESSOR, fill_value=0.0, order="C", overwrite=True,
+            )
+        group.attrs.put(multiscales_attrs(spacing_zyx_A, n_levels))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def level_spacing_zyx_A(zattrs: dict, level: int, where: str) -> tuple[float, float, float]:
+    """Voxel spacing (z, y, x Å) of ``level`` from a ``.zattrs`` document; ``where`` names the file in errors."""
+    try:
+        datasets = zattrs["multiscales"][0]["datasets"]
+    except (KeyError, IndexError, TypeError):
+        raise DataError(f"{where}: no OME-Zarr 'multiscales' metadata in .zattrs") from None
+    paths = [d.get("path") for d in datasets]
+    for d in datasets:
+        if d.get("path") == str(level):
+            for t in d.get("coordinateTransformations", []):
+                if t.get("type") == "scale" and len(t.get("scale", [])) == 3:
+                    return tuple(float(s) for s in t["scale"])
+            raise DataError(f"{where}: level {level} has no 3-D 'scale' transformation")
+    raise DataError(f"{where}: no pyramid level {level!r}; levels present: {paths}")
+
+
+def read_ome_zarr(path: str | Path, level: int = 0) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read one level of a tomogram as float32 z,y,x with its spacing; errors name the file and what is missing."""
+    path = Path(path)
+    zattrs_path = path / ".zattrs"
+    if not zattrs_path.is_file():
+        raise DataError(f"{path}: not an OME-Zarr tomogram (no .zattrs)")
+    try:
+        zattrs = json.loads(zattrs_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{zattrs_path}: unreadable metadata ({exc})") from None
+    spacing = level_spacing_zyx_A(zattrs, level, str(path))
+    try:
+        arr = zarr.open_array(zarr.DirectoryStore(str(path / str(level)), dimension_separator="/"), mode="r")
+        data = np.asarray(arr[...], dtype=np.float32)
+    except Exception as exc:  # zarr raises many types for broken stores
+        raise DataError(f"{path}/{level}: unreadable zarr array ({type(exc).__name__}: {exc})") from None
+    if data.ndim != 3:
+        raise DataError(f"{path}/{level}: expected a 3-D z,y,x array, got shape {data.shape}")
+    return data, spacing

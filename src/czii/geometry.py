@@ -1,0 +1,55 @@
+"""The one place where array voxels (z, y, x) meet pick coordinates (x, y, z in Å).
+
+Convention (OME-NGFF, as in the CZII OME-Zarr metadata, which has a scale and no
+translation): the *centre* of voxel index ``i`` along an axis lies at
+``i * spacing_A``. A pick at ``x_A`` therefore falls in voxel ``round(x_A / spacing_A)``
+and the voxel ``(z, y, x)`` maps back to ``(x * sx, y * sy, z * sz)`` Å.
+
+``spacing_zyx_A`` is a scalar (isotropic) or a z, y, x triple; the real CZII spacing
+is 10.012444 Å (the x axis differs from z and y in the 8th digit). Coarser pyramid
+levels use the spacing of that level, so the same functions serve every level.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+
+Spacing = Union[float, Sequence[float], np.ndarray]
+
+
+def _spacing_zyx(spacing_zyx_A: Spacing) -> np.ndarray:
+    s = np.asarray(spacing_zyx_A, dtype=np.float64)
+    if s.ndim == 0:
+        s = np.repeat(s, 3)
+    if s.shape != (3,) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"voxel spacing must be a positive scalar or z,y,x triple, got {spacing_zyx_A!r}")
+    return s
+
+
+def _points(arr, what: str) -> np.ndarray:
+    a = np.asarray(arr, dtype=np.float64)
+    if a.ndim == 1 and a.shape == (3,):
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[1] != 3:
+        raise ValueError(f"{what} must have shape (N, 3), got {a.shape}")
+    return a
+
+
+def xyz_A_to_zyx_vox(xyz_A, spacing_zyx_A: Spacing) -> np.ndarray:
+    """Pick coordinates (N, 3) x, y, z in Å → continuous voxel coordinates (N, 3) z, y, x."""
+    xyz = _points(xyz_A, "xyz_A")
+    return xyz[:, ::-1] / _spacing_zyx(spacing_zyx_A)
+
+
+def zyx_vox_to_xyz_A(zyx_vox, spacing_zyx_A: Spacing) -> np.ndarray:
+    """Voxel coordinates (N, 3) z, y, x (integer or sub-voxel) → pick coordinates (N, 3) x, y, z in Å."""
+    zyx = _points(zyx_vox, "zyx_vox")
+    return (zyx * _spacing_zyx(spacing_zyx_A))[:, ::-1]
+
+
+def extent_xyz_A(shape_zyx: Sequence[int], spacing_zyx_A: Spacing) -> np.ndarray:
+    """Largest valid pick coordinate per axis (x, y, z in Å) of a volume: the last voxel centre plus half a voxel."""
+    shape = np.asarray(shape_zyx, dtype=np.float64)
+    return ((shape - 0.5) * _spacing_zyx(spacing_zyx_A))[::-1]
