@@ -1,0 +1,24 @@
+"""``czii score``: score a submission CSV against truth picks with the competition metric."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from czii.metric import format_table, score
+from czii.submission import load_solution, read_submission
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--submission", required=True, help="submission CSV (experiment, particle_type, x, y, z in Å)")
+    parser.add_argument(
+        "--solution", required=True, help="truth picks: a CSV, a copick config JSON or a Kaggle competition directory"
+    )
+    parser.add_argument("--split", choices=("train", "test"), help="split of a Kaggle directory (default: train)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = score(load_solution(args.solution, split=args.split), read_submission(args.submission))
+    print(json.dumps(report.to_dict()) if args.json else format_table(report))
+    return 0

@@ -1,0 +1,135 @@
+"""The CZII competition metric, re-implemented with the Kaggle scorer's quirks.
+
+For every experiment of the solution and every particle type of the solution, each
+prediction is ball-queried (KD-tree, distance ≤ ``distance_multiplier × radius_A``,
+inclusive) against the truth points of that run and type. The *set* of truth points hit
+is the true-positive count (a truth point counts once however many predictions hit it; a
+prediction within range of two truth points scores both), ``fp = n_predictions − tp``
+(negative in that edge case, kept as the scorer does) and ``fn = n_truth − tp``. Counts
+are summed over runs per class before precision, recall and F-beta are computed; the score
+is the weighted sum of F-beta over the classes present in the solution divided by the sum
+of *all six* weights (beta-amylase weighs 0).
+
+Submission rows of runs absent from the solution, or of types absent from it, are ignored;
+an unknown particle type among the remaining rows, unknown types in the solution and
+duplicate solution points (same experiment, x, y, z) raise SubmissionError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import KDTree
+
+from czii.errors import SubmissionError
+from czii.particles import BY_NAME, PARTICLE_NAMES, TOTAL_WEIGHT
+from czii.submission import XYZ, check_picks_table, preview, unknown_particle_types
+
+TABLE_COLUMNS: tuple[str, ...] = ("tp", "fp", "fn", "precision", "recall", "f_beta", "weight")
+
+
+@dataclass
+class ScoreReport:
+    """Weighted F-beta ``score`` and the per-class ``table`` (index: the six particle types)."""
+
+    score: float
+    table: pd.DataFrame
+    beta: float = 4.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``{"score", "beta", "classes": {name: {tp, fp, fn, precision, recall, f_beta, weight}}}``."""
+        classes = {
+            r.Index: {
+                "tp": int(r.tp),
+                "fp": int(r.fp),
+                "fn": int(r.fn),
+                "precision": float(r.precision),
+                "recall": float(r.recall),
+                "f_beta": float(r.f_beta),
+                "weight": float(r.weight),
+            }
+            for r in self.table.itertuples()
+        }
+        return {"score": float(self.score), "beta": float(self.beta), "classes": classes}
+
+
+def match_counts(truth_xyz_A: np.ndarray, pred_xyz_A: np.ndarray, radius_A: float) -> tuple[int, int, int]:
+    """(tp, fp, fn) of predictions against truth points of one run and class, as the Kaggle scorer counts them."""
+    n_truth, n_pred = len(truth_xyz_A), len(pred_xyz_A)
+    if n_truth == 0:
+        return 0, n_pred, 0
+    if n_pred == 0:
+        return 0, 0, n_truth
+    hits = KDTree(pred_xyz_A).query_ball_tree(KDTree(truth_xyz_A), r=radius_A)
+    tp = len({i for hit in hits for i in hit})
+    return tp, n_pred - tp, n_truth - tp
+
+
+def _groups(df: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+    return {key: rows[XYZ].to_numpy() for key, rows in df.groupby(["experiment", "particle_type"], sort=False)}
+
+
+def score(
+    solution: pd.DataFrame,
+    submission: pd.DataFrame,
+    *,
+    beta: float = 4.0,
+    distance_multiplier: float = 0.5,
+) -> ScoreReport:
+    """Score ``submission`` against ``solution`` (both: experiment, particle_type, x, y, z in Å)."""
+    solution = check_picks_table(solution, "solution")
+    submission = check_picks_table(submission, "submission")
+    bad = unknown_particle_types(solution)
+    if bad:
+        raise SubmissionError(f"solution has unknown particle types {bad}; known: {list(PARTICLE_NAMES)}")
+    dup = solution.duplicated(subset=["experiment", *XYZ], keep=False).to_numpy()
+    if dup.any():
+        raise SubmissionError(
+            f"solution has {int(dup.sum())} rows with duplicate (experiment, x, y, z): "
+            f"rows {preview(solution.index[dup])}"
+        )
+    runs = sorted(solution["experiment"].unique())
+    submission = submission[submission["experiment"].isin(runs)]
+    bad = unknown_particle_types(submission)
+    if bad:
+        raise SubmissionError(f"submission has unknown particle types {bad}; known: {list(PARTICLE_NAMES)}")
+
+    truth, pred = _groups(solution), _groups(submission)
+    empty = np.empty((0, 3))
+    counts = {name: np.zeros(3, dtype=np.int64) for name in PARTICLE_NAMES}
+    for name in solution["particle_type"].unique():
+        radius_A = BY_NAME[name].radius_A * distance_multiplier
+        for run in runs:
+            counts[name] += match_counts(truth.get((run, name), empty), pred.get((run, name), empty), radius_A)
+
+    rows = []
+    for name in PARTICLE_NAMES:
+        tp, fp, fn = (int(v) for v in counts[name])
+        precision = tp / (tp + fp) if tp + fp > 0 else 0.0
+        recall = tp / (tp + fn) if tp + fn > 0 else 0.0
+        f_beta = (1 + beta**2) * precision * recall / (beta**2 * precision + recall) if precision + recall > 0 else 0.0
+        rows.append((tp, fp, fn, precision, recall, f_beta, BY_NAME[name].weight))
+    table = pd.DataFrame(rows, index=pd.Index(PARTICLE_NAMES, name="particle_type"), columns=list(TABLE_COLUMNS))
+    total = float((table["f_beta"] * table["weight"]).sum() / TOTAL_WEIGHT)
+    return ScoreReport(score=total, table=table, beta=beta)
+
+
+def format_table(report: ScoreReport) -> str:
+    """Aligned per-class text table followed by the weighted score line."""
+    f_name = f"F{report.beta:g}"
+    header = ["particle_type", "TP", "FP", "FN", "precision", "recall", f_name, "weight"]
+    body = [
+        [r.Index, str(r.tp), str(r.fp), str(r.fn), f"{r.precision:.4f}", f"{r.recall:.4f}", f"{r.f_beta:.4f}",
+         f"{r.weight:g}"]
+        for r in report.table.itertuples()
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths), *(fmt(line) for line in body)]
+    lines.append(f"weighted {f_name}: {report.score:.6f}")
+    return "\n".join(lines)
