@@ -1,0 +1,181 @@
+"""Benchmark czii.inference.predict_volume on one random tomogram-sized volume.
+
+Measures seconds per tomogram for one model (no TTA) and for an ensemble × TTA, voxels/s,
+peak memory (CPU: process peak RSS from getrusage, which never decreases, so the second
+figure is the peak over both runs; CUDA: torch.cuda.max_memory_allocated per run), model
+FLOPs per pass (FlopCounterMode on one tile) and the ratio of the measured time to the FLOP
+floor (FLOPs ÷ device peak). The peak comes from --peak-tflops, else a table of dense
+bf16/fp16 tensor-core figures for known GPUs, else (CPU) a measured fp32 GEMM rate.
+Writes ``<out-dir>/inference_<UTC time>.json`` and appends a row to ``<out-dir>/inference.md``.
+
+Example: python benchmarks/bench_inference.py --device cpu --shape 184 630 630 --encoder resnet18
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from czii.config import ModelConfig
+from czii.inference import EnsembleMember, plan_tiles, predict_volume, resolve_tta
+from czii.models import build_model, stride
+from czii.particles import PARTICLE_NAMES
+
+# dense bf16/fp16 tensor-core peak, TFLOP/s, matched against torch.cuda.get_device_name()
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "T4": 65.0}
+AMP = {"auto": None, "on": True, "off": False}
+MD_HEADER = (
+    "| date (UTC) | device | shape z,y,x | model | tile / overlap / batch | amp | members × TTA "
+    "| s single | s ensemble | Mvox/s single | peak MB single / ens | GFLOP per pass "
+    "| peak TFLOP/s (source) | time ÷ FLOP floor single / ens |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--shape", type=int, nargs=3, default=[184, 630, 630], metavar=("Z", "Y", "X"))
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--depth", type=int, default=5, help="encoder depth (stride 2**depth)")
+    p.add_argument("--decoder-channels", type=int, nargs="+", default=None,
+                   help="default: the first DEPTH of 256 128 64 32 16")
+    p.add_argument("--tile", type=int, nargs=3, default=[64, 128, 128], metavar=("Z", "Y", "X"))
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--blend", default="gaussian")
+    p.add_argument("--members", type=int, default=2, help="ensemble size for the ensemble × TTA run")
+    p.add_argument("--tta", default="flips", help="TTA preset or comma-separated names for the ensemble run")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak used for the FLOP floor")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    return p.parse_args()
+
+
+def build_members(args: argparse.Namespace, n: int) -> list[EnsembleMember]:
+    decoder = args.decoder_channels or [256, 128, 64, 32, 16][: args.depth]
+    cfg = ModelConfig(encoder_name=args.encoder, encoder_depth=args.depth, decoder_channels=decoder,
+                      decoder_attention_type=None)
+    members = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        members.append(EnsembleMember(build_model(cfg, 1, len(PARTICLE_NAMES)), PARTICLE_NAMES, ("denoised",),
+                                      "sigmoid", stride=stride(cfg), name=f"{args.encoder}-seed{seed}"))
+    return members
+
+
+def flops_per_pass(model: torch.nn.Module, tile_zyx: tuple[int, int, int], device: torch.device) -> int:
+    x = torch.zeros(1, 1, *tile_zyx, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.to(device).eval()(x)
+    return counter.get_total_flops()
+
+
+def device_peak(args: argparse.Namespace, device: torch.device) -> tuple[float, str]:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12, "command line"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"table: {name} dense bf16/fp16"
+        raise SystemExit(f"no peak FLOP/s known for {name!r}: pass --peak-tflops")
+    a = torch.randn(2048, 2048)
+    best_s = float("inf")
+    for _ in range(8):
+        start = time.perf_counter()
+        torch.mm(a, a)
+        best_s = min(best_s, time.perf_counter() - start)
+    return 2 * 2048**3 / best_s, "measured fp32 GEMM, best of 8"
+
+
+def timed_run(members, volume, device, tta, args) -> dict:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    predict_volume(members, volume, tile_zyx=tuple(args.tile), overlap=args.overlap, blend=args.blend,
+                   batch_size=args.batch_size, tta=tta, device=device, amp=AMP[args.amp], progress=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peak_bytes = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"seconds": seconds, "peak_MB": peak_bytes / 2**20,
+            "peak_RSS_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    tta = resolve_tta(args.tta if "," not in args.tta else args.tta.split(","))
+    members = build_members(args, args.members)
+    volume = np.random.default_rng(0).normal(size=(1, *args.shape)).astype(np.float32)
+    plan = plan_tiles(tuple(args.shape), tuple(args.tile), args.overlap, members[0].stride)
+    flops = flops_per_pass(members[0].model, plan.tile_zyx, device)
+    peak_flops, peak_source = device_peak(args, device)
+    tz, ty, tx = plan.tile_zyx
+    warm_up = np.zeros((1, tz, ty, tx * args.batch_size), np.float32)  # exactly one full batch of tiles
+    predict_volume(members[:1], warm_up, tile_zyx=plan.tile_zyx, overlap=0.0, batch_size=args.batch_size,
+                   device=device, amp=AMP[args.amp])
+    baseline_rss_MB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    single = timed_run(members[:1], volume, device, ("identity",), args)
+    ensemble = timed_run(members, volume, device, tta, args)
+    voxels = int(np.prod(args.shape))
+    passes_single = plan.n_tiles
+    passes_ensemble = plan.n_tiles * len(members) * len(tta)
+    for run, passes in ((single, passes_single), (ensemble, passes_ensemble)):
+        run["passes"] = passes
+        run["voxels_per_s"] = voxels / run["seconds"]
+        run["flops"] = flops * passes
+        run["flop_floor_s"] = run["flops"] / peak_flops
+        run["ratio_to_floor"] = run["seconds"] / run["flop_floor_s"]
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"cpu {platform.processor() or platform.machine()} × {torch.get_num_threads()} threads")
+    record = {
+        "date_utc": stamp, "device": device_name, "torch": torch.__version__, "shape_zyx": args.shape,
+        "encoder": args.encoder, "depth": args.depth, "tile_zyx": list(plan.tile_zyx), "overlap": args.overlap,
+        "batch_size": args.batch_size, "blend": args.blend, "amp": args.amp, "members": len(members),
+        "tta": list(tta), "tiles": plan.n_tiles, "flops_per_pass": flops, "peak_flops": peak_flops,
+        "peak_source": peak_source, "baseline_rss_MB": baseline_rss_MB, "single": single, "ensemble": ensemble,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.out_dir / f"inference_{stamp}.json"
+    tmp = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, json_path)
+    md_path = args.out_dir / "inference.md"
+    row = (
+        f"| {stamp} | {device_name} | {'×'.join(map(str, args.shape))} | {args.encoder} d{args.depth} "
+        f"| {'×'.join(map(str, plan.tile_zyx))} / {args.overlap} / {args.batch_size} | {args.amp} "
+        f"| {len(members)} × {len(tta)} | {single['seconds']:.1f} | {ensemble['seconds']:.1f} "
+        f"| {single['voxels_per_s'] / 1e6:.2f} | {single['peak_MB']:.0f} / {ensemble['peak_MB']:.0f} "
+        f"| {flops / 1e9:.1f} | {peak_flops / 1e12:.2f} ({peak_source}) "
+        f"| {single['ratio_to_floor']:.1f} / {ensemble['ratio_to_floor']:.1f} |\n"
+    )
+    with md_path.open("a") as md:
+        if md_path.stat().st_size == 0:
+            md.write(MD_HEADER)
+        md.write(row)
+    print(json.dumps(record, indent=2))
+    print(f"wrote {json_path} and a row in {md_path}")
+
+
+if __name__ == "__main__":
+    main()
