@@ -1,0 +1,456 @@
+"""Per-class score thresholds tuned on out-of-fold candidates, and the thresholds file.
+
+Inputs are two picks tables: *candidates* (``experiment, particle_type, x, y, z, score``;
+the picks of held-out runs found at a low threshold) and *truth* (``experiment,
+particle_type, x, y, z``), coordinates in Å.
+
+Metric (the competition's, as :mod:`czii.metric`): for each run of the truth table and each
+class, a truth point is a TP when any kept candidate of that class lies within
+``0.5 * radius_A`` (inclusive); FP = kept − TP (negative when one candidate covers two
+truths); FN = truth − TP. Counts are summed over runs, F-beta (β = 4) is taken per class and
+the score is ``Σ weight · F / TOTAL_WEIGHT``. Candidates of runs absent from the truth are
+ignored, as the competition ignores submission rows of runs outside the solution.
+
+Exact evaluation: keeping candidates with ``score >= t`` only filters them (exact for maxpool
+peaks, see :mod:`czii.postprocess.peaks`), so per truth point the best score of the candidates
+in range decides when it is found: ``TP(t) = #{truth: best >= t}``, ``kept(t) = #{candidates:
+score >= t}``. Classes are independent, so each class's threshold maximises its own F-beta.
+Without a grid every distinct candidate score is tried and the chosen threshold is the
+midpoint between the optimal score and the next lower one (same kept set, more margin).
+Ties go to the lowest threshold (β = 4 favours recall). A class with no truth points, or
+whose F-beta is 0 at every threshold, keeps its default threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Hashable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from czii.errors import ConfigError, DataError
+from czii.particles import PARTICLE_NAMES, TOTAL_WEIGHT, get_particle
+
+BETA: float = 4.0
+# low and recall-oriented (winning solutions used 0.1–0.25; see docs/FIELD_NOTES)
+DEFAULT_THRESHOLDS: dict[str, float] = {name: 0.2 for name in PARTICLE_NAMES}
+
+TRUTH_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z")
+CANDIDATE_COLUMNS: tuple[str, ...] = TRUTH_COLUMNS + ("score",)
+CURVE_COLUMNS: tuple[str, ...] = ("threshold", "tp", "fp", "fn", "precision", "recall", "f_beta")
+
+# class -> run -> (best candidate score per truth point (-inf: none in range), candidate scores)
+_Prepared = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+class Score(NamedTuple):
+    """Weighted score and a per-class table: particle_type, weight, threshold, n_truth, n_kept, tp, fp, fn,
+    precision, recall, f_beta."""
+
+    score: float
+    per_class: pd.DataFrame
+
+
+class CrossFit(NamedTuple):
+    """Cross-fitted score, its per-class table (as :class:`Score` without the threshold column) and the
+    thresholds each fold's runs were scored with (tuned on the other folds)."""
+
+    score: float
+    per_class: pd.DataFrame
+    thresholds_by_fold: dict[Hashable, dict[str, float]]
+
+
+def class_curves(
+    candidates: pd.DataFrame,
+    truth: pd.DataFrame,
+    classes: Sequence[str] | None = None,
+    *,
+    grid: Sequence[float] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Per class: TP, FP, FN, precision, recall and F-beta at each threshold (ascending).
+
+    Thresholds are the distinct candidate scores of the class, or ``grid``.
+    """
+    classes = check_classes(classes)
+    prep, runs = _prepare(candidates, truth, classes)
+    grid = _check_grid(grid)
+    return {name: _curve(prep[name], runs, grid) for name in classes}
+
+
+def tune_thresholds(
+    candidates: pd.DataFrame,
+    truth: pd.DataFrame,
+    classes: Sequence[str] | None = None,
+    *,
+    grid: Sequence[float] | None = None,
+    default: Mapping[str, float] = DEFAULT_THRESHOLDS,
+) -> dict[str, float]:
+    """The F-beta-maximising threshold of every class (rules in the module docstring)."""
+    classes = check_classes(classes)
+    prep, runs = _prepare(candidates, truth, classes)
+    return _tune(prep, classes, runs, _check_grid(grid), resolve_thresholds(default, classes, "default thresholds"))
+
+
+def score_at(
+    candidates: pd.DataFrame,
+    truth: pd.DataFrame,
+    thresholds: float | Mapping[str, float],
+    classes: Sequence[str] | None = None,
+) -> Score:
+    """Competition score and per-class table when each class keeps candidates ``score >= threshold``."""
+    classes = check_classes(classes)
+    thr = resolve_thresholds(thresholds, classes, "thresholds")
+    prep, runs = _prepare(candidates, truth, classes)
+    table = _table(prep, classes, lambda name: {run: thr[name] for run in runs})
+    table.insert(2, "threshold", [thr[name] for name in classes])
+    return Score(_weighted(table), table)
+
+
+def cross_fitted_score(
+    candidates: pd.DataFrame,
+    truth: pd.DataFrame,
+    groups: Mapping[str, Hashable],
+    classes: Sequence[str] | None = None,
+    *,
+    grid: Sequence[float] | None = None,
+    default: Mapping[str, float] = DEFAULT_THRESHOLDS,
+) -> CrossFit:
+    """Honest score of tuning: each fold's runs use thresholds tuned on the other folds' runs.
+
+    ``groups`` maps every truth run to its fold. The kept candidates of all folds are pooled
+    and scored together (counts summed over all runs, then F-beta per class).
+    """
+    classes = check_classes(classes)
+    prep, runs = _prepare(candidates, truth, classes)
+    missing = [r for r in runs if r not in groups]
+    if missing:
+        raise DataError(f"runs {missing} have truth picks but no fold in groups (folds given for {sorted(groups)})")
+    folds = list(dict.fromkeys(groups[r] for r in runs))
+    if len(folds) < 2:
+        raise ConfigError(f"cross-fitting needs runs from at least 2 folds; all runs are in fold {folds}")
+    grid = _check_grid(grid)
+    default = resolve_thresholds(default, classes, "default thresholds")
+    by_fold = {
+        fold: _tune(prep, classes, [r for r in runs if groups[r] != fold], grid, default) for fold in folds
+    }
+    table = _table(prep, classes, lambda name: {run: by_fold[groups[run]][name] for run in runs})
+    return CrossFit(_weighted(table), table, by_fold)
+
+
+def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, float], *, report: Mapping) -> Path:
+    """Write ``{"thresholds": {...}, **report, "created": ...}`` as JSON atomically; returns the path."""
+    path = Path(path)
+    if "thresholds" in report:
+        raise ValueError("report must not contain the key 'thresholds'")
+    thr = _check_threshold_map(thresholds, f"thresholds to save to {path}")
+    doc = {"thresholds": thr, **report}
+    doc.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
+    """The ``thresholds`` mapping of a thresholds file, validated (known classes, values in [0, 1])."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"thresholds file {path} does not exist (write one with `czii tune`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"thresholds file {path} is not readable JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("thresholds"), dict):
+        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise ConfigError(
+            f"thresholds file {path}: expected a JSON object with a 'thresholds' object "
+            f"(class name → threshold), found {keys}"
+        )
+    return _check_threshold_map(doc["thresholds"], f"thresholds file {path}")
+
+
+@dataclass
+class OOF:
+    """Out-of-fold predictions of a run directory."""
+
+    candidates: pd.DataFrame
+    truth: pd.DataFrame
+    groups: dict[str, str]  # run -> fold directory name
+    skipped: list[str] = field(default_factory=list)  # fold directories without oof/ files
+
+
+def read_oof(run_dir: str | os.PathLike) -> OOF:
+    """Read ``fold*/oof/candidates.csv`` and ``fold*/oof/truth.csv`` of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run directory {run_dir} does not exist")
+    names = ("candidates.csv", "truth.csv")
+    cands, truths, groups, skipped = [], [], {}, []
+    for fold_dir in sorted(p for p in run_dir.glob("fold*") if p.is_dir()):
+        present = [n for n in names if (fold_dir / "oof" / n).is_file()]
+        if not present:
+            skipped.append(fold_dir.name)
+            continue
+        if len(present) == 1:
+            raise DataError(f"{fold_dir / 'oof'} has {present[0]} but not {(set(names) - set(present)).pop()}")
+        cand = _check_picks(_read_csv(fold_dir / "oof" / "candidates.csv"), fold_dir / "oof" / "candidates.csv", True)
+        true = _check_picks(_read_csv(fold_dir / "oof" / "truth.csv"), fold_dir / "oof" / "truth.csv", False)
+        stray = sorted(set(cand.experiment) - set(true.experiment))
+        if stray:
+            raise DataError(
+                f"{fold_dir / 'oof' / 'candidates.csv'} has runs {stray} that are not in truth.csv "
+                f"(truth runs: {sorted(set(true.experiment))})"
+            )
+        for run in sorted(set(true.experiment)):
+            if run in groups:
+                raise DataError(f"run {run!r} is held out in both {groups[run]} and {fold_dir.name}")
+            groups[run] = fold_dir.name
+        cands.append(cand)
+        truths.append(true)
+    if not cands:
+        raise DataError(
+            f"no out-of-fold predictions in {run_dir}: expected fold<K>/oof/candidates.csv and "
+            f"fold<K>/oof/truth.csv (written by `czii train`); fold directories found: "
+            f"{sorted(p.name for p in run_dir.glob('fold*')) or 'none'}"
+        )
+    return OOF(pd.concat(cands, ignore_index=True), pd.concat(truths, ignore_index=True), groups, skipped)
+
+
+@dataclass
+class TuneReport:
+    """What ``tune_run_dir`` found and wrote."""
+
+    path: Path
+    thresholds: dict[str, float]
+    score_default: float
+    score_in_sample: float
+    score_cross_fitted: float | None  # None with a single fold
+    per_class: pd.DataFrame
+    folds: dict[str, list[str]]
+    skipped: list[str]
+    n_candidates: int
+    n_truth: int
+
+
+def tune_run_dir(
+    run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, grid: Sequence[float] | None = None
+) -> TuneReport:
+    """Tune thresholds on every fold's OOF files and write ``<run_dir>/thresholds.json`` (or ``out``)."""
+    oof = read_oof(run_dir)
+    grid = _check_grid(grid)
+    out = Path(out) if out is not None else Path(run_dir) / "thresholds.json"
+    default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLDS)
+    thresholds = tune_thresholds(oof.candidates, oof.truth, grid=grid)
+    tuned = score_at(oof.candidates, oof.truth, thresholds)
+    folds: dict[str, list[str]] = {}
+    for run, fold in oof.groups.items():
+        folds.setdefault(fold, []).append(run)
+    cross = cross_fitted_score(oof.candidates, oof.truth, oof.groups, grid=grid) if len(folds) > 1 else None
+    per_class = pd.DataFrame(
+        {
+            "particle_type": default.per_class["particle_type"],
+            "weight": default.per_class["weight"],
+            "n_truth": default.per_class["n_truth"],
+            "threshold_default": default.per_class["threshold"],
+            "f_beta_default": default.per_class["f_beta"],
+            "threshold_tuned": tuned.per_class["threshold"],
+            "f_beta_in_sample": tuned.per_class["f_beta"],
+            "f_beta_cross_fitted": cross.per_class["f_beta"] if cross else np.nan,
+        }
+    )
+    report = {
+        "method": "exact" if grid is None else "grid",
+        **({} if grid is None else {"grid": [float(g) for g in grid]}),
+        "score_default": default.score,
+        "score_tuned_in_sample": tuned.score,
+        "score_cross_fitted": cross.score if cross else None,
+        "runs": sorted(oof.groups),
+        "folds": folds,
+        "default_thresholds": dict(DEFAULT_THRESHOLDS),
+        "thresholds_by_fold": cross.thresholds_by_fold if cross else None,
+        "per_class": json.loads(per_class.to_json(orient="records")),
+    }
+    save_thresholds(out, thresholds, report=report)
+    return TuneReport(
+        out, thresholds, default.score, tuned.score, cross.score if cross else None, per_class,
+        folds, oof.skipped, len(oof.candidates), len(oof.truth),
+    )
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _prepare(candidates: pd.DataFrame, truth: pd.DataFrame, classes: list[str]) -> tuple[_Prepared, list[str]]:
+    cand = _check_picks(candidates, "candidates", True)
+    true = _check_picks(truth, "truth", False)
+    runs = sorted(set(true.experiment))
+    cand_by = dict(tuple(cand.groupby(["particle_type", "experiment"])))
+    true_by = dict(tuple(true.groupby(["particle_type", "experiment"])))
+    xyz = ["x", "y", "z"]
+    prep: _Prepared = {}
+    for name in classes:
+        radius_A = get_particle(name).match_radius_A
+        prep[name] = {}
+        for run in runs:
+            c = cand_by.get((name, run), cand.iloc[:0])
+            t = true_by.get((name, run), true.iloc[:0])
+            scores = c["score"].to_numpy(np.float64)
+            best = np.full(len(t), -np.inf)
+            if len(t) and len(c):
+                near = cKDTree(c[xyz].to_numpy()).query_ball_point(t[xyz].to_numpy(), r=radius_A)
+                best = np.array([scores[i].max() if i else -np.inf for i in near])
+            prep[name][run] = (best, scores)
+    return prep, runs
+
+
+def _count_at_least(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return len(values) - np.searchsorted(np.sort(values), thresholds, side="left")
+
+
+def _prf(tp, kept, n_truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp, kept, n_truth = (np.asarray(a, dtype=np.float64) for a in (tp, kept, n_truth))
+    tp, kept, n_truth = np.broadcast_arrays(tp, kept, n_truth)
+    precision = np.divide(tp, kept, out=np.zeros(tp.shape), where=kept > 0)
+    recall = np.divide(tp, n_truth, out=np.zeros(tp.shape), where=n_truth > 0)
+    denom = BETA**2 * precision + recall
+    f_beta = np.divide((1 + BETA**2) * precision * recall, denom, out=np.zeros(tp.shape), where=denom > 0)
+    return precision, recall, f_beta
+
+
+def _curve(per_run: dict, runs: Sequence[str], grid: np.ndarray | None) -> pd.DataFrame:
+    best = np.concatenate([per_run[r][0] for r in runs] or [np.zeros(0)])
+    scores = np.concatenate([per_run[r][1] for r in runs] or [np.zeros(0)])
+    thr = np.unique(scores) if grid is None else grid
+    tp = _count_at_least(best, thr)
+    kept = _count_at_least(scores, thr)
+    precision, recall, f_beta = _prf(tp, kept, len(best))
+    return pd.DataFrame(
+        {"threshold": thr, "tp": tp, "fp": kept - tp, "fn": len(best) - tp,
+         "precision": precision, "recall": recall, "f_beta": f_beta}
+    )
+
+
+def _tune(
+    prep: _Prepared, classes: list[str], runs: Sequence[str], grid: np.ndarray | None, default: dict[str, float]
+) -> dict[str, float]:
+    out = {}
+    for name in classes:
+        curve = _curve(prep[name], runs, grid)
+        f = curve["f_beta"].to_numpy()
+        if len(f) == 0 or f.max() <= 0:
+            out[name] = default[name]
+            continue
+        i = int(np.argmax(f))
+        t = float(curve["threshold"].iat[i])
+        if grid is None and i > 0:
+            lower = float(curve["threshold"].iat[i - 1])
+            mid = (lower + t) / 2
+            t = mid if mid > lower else t
+        out[name] = t
+    return out
+
+
+def _table(prep: _Prepared, classes: list[str], thr_of: Callable[[str], Mapping[str, float]]) -> pd.DataFrame:
+    """Per-class counts when class ``name`` keeps, in each run, candidates ``>= thr_of(name)[run]``."""
+    rows = []
+    for name in classes:
+        thr = thr_of(name)
+        tp = sum(int((best >= thr[run]).sum()) for run, (best, _) in prep[name].items())
+        kept = sum(int((scores >= thr[run]).sum()) for run, (_, scores) in prep[name].items())
+        n_truth = sum(len(best) for best, _ in prep[name].values())
+        rows.append((name, get_particle(name).weight, n_truth, kept, tp, kept - tp, n_truth - tp))
+    table = pd.DataFrame(rows, columns=["particle_type", "weight", "n_truth", "n_kept", "tp", "fp", "fn"])
+    table["precision"], table["recall"], table["f_beta"] = _prf(table["tp"], table["n_kept"], table["n_truth"])
+    return table
+
+
+def _weighted(table: pd.DataFrame) -> float:
+    return float((table["weight"] * table["f_beta"]).sum() / TOTAL_WEIGHT)
+
+
+def check_classes(classes: Sequence[str] | None) -> list[str]:
+    """``classes`` as a list (None: all six), each a known class name, none repeated."""
+    classes = list(PARTICLE_NAMES if classes is None else classes)
+    unknown = [c for c in classes if c not in PARTICLE_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown class names {unknown}; known: {', '.join(PARTICLE_NAMES)}")
+    if not classes or len(set(classes)) != len(classes):
+        raise ConfigError(f"classes must be a non-empty list without repeats, got {classes}")
+    return classes
+
+
+def _check_grid(grid: Sequence[float] | None) -> np.ndarray | None:
+    if grid is None:
+        return None
+    g = np.unique(np.asarray(grid, dtype=np.float64))
+    if len(g) == 0 or not np.all(np.isfinite(g)) or g[0] < 0 or g[-1] > 1:
+        raise ConfigError(f"threshold grid must be a non-empty list of values in [0, 1], got {grid!r}")
+    return g
+
+
+def resolve_thresholds(thresholds: float | Mapping[str, float], classes: list[str], what: str) -> dict[str, float]:
+    """A scalar or a mapping covering ``classes`` → validated ``{class: threshold}``."""
+    if not isinstance(thresholds, Mapping):
+        thresholds = {name: thresholds for name in classes}
+    missing = [c for c in classes if c not in thresholds]
+    if missing:
+        raise ConfigError(f"{what} have no value for {missing}; given for: {sorted(thresholds)}")
+    return _check_threshold_map({c: thresholds[c] for c in classes}, what)
+
+
+def _check_threshold_map(thresholds: Mapping, where: str) -> dict[str, float]:
+    unknown = [k for k in thresholds if k not in PARTICLE_NAMES]
+    if unknown:
+        raise ConfigError(f"{where}: unknown class names {unknown}; known: {', '.join(PARTICLE_NAMES)}")
+    if not thresholds:
+        raise ConfigError(f"{where}: no thresholds given")
+    out = {}
+    for name, value in thresholds.items():
+        ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+        if not (ok and np.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"{where}: threshold of {name!r} must be a number in [0, 1], got {value!r}")
+        out[name] = float(value)
+    return out
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype={"experiment": str, "particle_type": str})
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _check_picks(df: pd.DataFrame, what, with_score: bool) -> pd.DataFrame:
+    """Validated copy with the needed columns: known classes, finite coordinates, scores in [0, 1]."""
+    need = list(CANDIDATE_COLUMNS if with_score else TRUTH_COLUMNS)
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise DataError(f"{what}: missing columns {missing}; expected {need}, found {list(df.columns)}")
+    out = df[need].copy()
+    out["experiment"] = out["experiment"].astype(str)
+    unknown = sorted(set(out["particle_type"]) - set(PARTICLE_NAMES))
+    if unknown:
+        raise DataError(f"{what}: unknown particle types {unknown}; known: {', '.join(PARTICLE_NAMES)}")
+    numeric = need[2:]
+    try:
+        values = out[numeric].astype(np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{what}: columns {numeric} must be numeric") from None
+    if not np.isfinite(values.to_numpy()).all():
+        raise DataError(f"{what}: columns {numeric} contain missing or non-finite values")
+    if with_score and not values["score"].between(0.0, 1.0).all():
+        raise DataError(f"{what}: scores must lie in [0, 1], found [{values['score'].min()}, {values['score'].max()}]")
+    out[numeric] = values
+    return out
