@@ -360,7 +360,7 @@ def open_dataset(
     """Open a copick config JSON, a Kaggle directory (``split`` train/test) or a Kaggle split folder.
 
     ``tomo_type`` is the default tomogram type (Kaggle: ``"denoised"``; a copick project without
-    one uses the run's only type). ``workdir`` (Kaggle only) receives the staged copick overlay;
+    one uses the run's only type). ``workdir`` (Kaggle only) receives the staged copick overlay in ``<workdir>/<split>``;
     by default a cache folder keyed by the input path (:func:`czii.data.staging.default_workdir`).
     """
     source = Path(source).expanduser()
@@ -375,7 +375,7 @@ def open_dataset(
     split_dir = find_kaggle_split(source, split)
     if split_dir is None:
         raise DataError(f"{source}: not a Kaggle directory; {EXPECTED_LAYOUT}")
-    work = Path(workdir) if workdir is not None else default_workdir(split_dir)
+    work = Path(workdir) / split_dir.name if workdir is not None else default_workdir(split_dir)
     config_path = stage_kaggle_split(split_dir, work, source)
     root = _open_copick_root(config_path)
     return Dataset(

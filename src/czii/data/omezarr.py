@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numcodecs.blosc
 import numpy as np
 import zarr
 from numcodecs import Blosc
@@ -48,6 +50,18 @@ def multiscales_attrs(spacing_zyx_A: float | Sequence[float], n_levels: int) -> 
     return {"multiscales": [{"axes": axes, "datasets": datasets, "metadata": {}, "name": "/", "version": "0.4"}]}
 
 
+@contextmanager
+def _single_threaded_blosc() -> Iterator[None]:
+    """Threaded blosc compresses identical data to different bytes from run to run; one thread makes
+    the chunk files byte-identical for identical volumes (reproducible simulations, stable checksums)."""
+    previous = numcodecs.blosc.use_threads
+    numcodecs.blosc.use_threads = False
+    try:
+        yield
+    finally:
+        numcodecs.blosc.use_threads = previous
+
+
 def write_ome_zarr(
     path: str | Path, volume_zyx: np.ndarray, spacing_zyx_A: float | Sequence[float], n_levels: int = 3
 ) -> None:
@@ -62,23 +76,27 @@ def write_ome_zarr(
         raise ValueError(f"volume must be 3-D z,y,x, got shape {vol.shape}")
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        store = zarr.DirectoryStore(str(tmp), dimension_separator="/")
-        group = zarr.group(store=store, overwrite=True)
-        level_data = vol
-        for level in range(n_levels):
-            if level:
-                level_data = downsample2(level_data)
-            group.create_dataset(
-                str(level), data=level_data, chunks=CHUNKS_ZYX, dtype="<f4",
-                compressor=COMPRESSOR, fill_value=0.0, order="C", overwrite=True,
-            )
-        group.attrs.put(multiscales_attrs(spacing_zyx_A, n_levels))
+        with _single_threaded_blosc():
+            _write_levels(tmp, vol, spacing_zyx_A, n_levels)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _write_levels(store_path: Path, vol: np.ndarray, spacing_zyx_A, n_levels: int) -> None:
+    group = zarr.group(store=zarr.DirectoryStore(str(store_path), dimension_separator="/"), overwrite=True)
+    level_data = vol
+    for level in range(n_levels):
+        if level:
+            level_data = downsample2(level_data)
+        group.create_dataset(
+            str(level), data=level_data, chunks=CHUNKS_ZYX, dtype="<f4",
+            compressor=COMPRESSOR, fill_value=0.0, order="C", overwrite=True,
+        )
+    group.attrs.put(multiscales_attrs(spacing_zyx_A, n_levels))
 
 
 def level_spacing_zyx_A(zattrs: dict, level: int, where: str) -> tuple[float, float, float]:

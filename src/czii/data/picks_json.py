@@ -2,7 +2,8 @@
 
 The document is ``json.dumps`` of ``pickable_object_name, user_id, session_id, run_name,
 voxel_spacing (null), unit ("angstrom"), points [{location {x, y, z}, transformation_
-(4×4 identity), instance_id}], trust_orientation`` followed by a newline.
+(4×4 identity), instance_id}], trust_orientation`` with no trailing newline (as five
+of the six real TS_5_4 files; readers accept either).
 Coordinates are x, y, z in Ångström.
 """
 
@@ -50,7 +51,7 @@ def write_picks_json(path: str | Path, document: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(document) + "\n")
+    tmp.write_text(json.dumps(document))
     os.replace(tmp, path)
 
 

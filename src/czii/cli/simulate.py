@@ -1,0 +1,49 @@
+"""``czii simulate``: write a simulated CZII dataset (copick project + Kaggle layout) and summarise it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from czii.data.sim_imaging import TOMO_TYPES
+from czii.data.simulate import PRESETS, SimConfig, simulate_dataset
+from czii.particles import PARTICLE_NAMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output directory (must be empty or absent)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="small", help="starting config (default: small)")
+    parser.add_argument("--n-train", type=int, help="number of training runs")
+    parser.add_argument("--n-test", type=int, help="number of test runs")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="tomogram size in voxels")
+    parser.add_argument("--snr", type=float, help="signal-to-noise ratio of the denoised tomograms")
+    parser.add_argument("--seed", type=int, help="random seed (same seed, same bytes)")
+    parser.add_argument("--layout", choices=["random", "real"], help="random particles, or a real run's picks")
+    parser.add_argument("--types", nargs="+", choices=list(TOMO_TYPES), help="tomogram types of the training runs")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous simulation in --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {
+        "n_train": args.n_train, "n_test": args.n_test, "shape_zyx": args.shape, "snr": args.snr,
+        "seed": args.seed, "layout": args.layout, "types": args.types,
+    }
+    config = SimConfig.preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
+    start = time.perf_counter()
+    result = simulate_dataset(args.out, config, overwrite=args.overwrite)
+    seconds = time.perf_counter() - start
+    shape = "×".join(map(str, config.shape_zyx))
+    print(
+        f"simulated {len(result.train_runs)} train + {len(result.test_runs)} test runs of {shape} voxels "
+        f"({', '.join(config.types)}) in {seconds:.1f} s"
+    )
+    split = result.picks["experiment"].isin(result.train_runs).map({True: "train", False: "test"})
+    counts = result.picks.groupby([result.picks["particle_type"], split]).size()
+    print(f"  {'particle':<22}{'train':>7}{'test':>7}")
+    for name in PARTICLE_NAMES:
+        print(f"  {name:<22}{counts.get((name, 'train'), 0):>7}{counts.get((name, 'test'), 0):>7}")
+    print(f"  copick config: {result.copick_config}")
+    print(f"  kaggle dir:    {result.kaggle_dir}")
+    print(f"  solution:      {result.solution_csv}")
+    print(f"  parameters:    {result.out_dir / 'simulation.json'}")
+    return 0
