@@ -1,0 +1,190 @@
+"""Model factory and checkpoints: 3D U-Nets from ``segmentation_models_pytorch_3d``.
+
+:func:`build_model` assembles the smp-3d U-Net parts (encoder, ``UnetDecoder``,
+``SegmentationHead``) with random weights (``encoder_weights=None``: nothing is ever
+downloaded). smp-3d's ``Unet`` class itself cannot build an encoder shallower than 5
+stages (its encoder needs five strides, its decoder one per stage), hence the assembly.
+Encoder modules that the configured depth never runs (and heads the encoders keep from
+classification, e.g. EfficientNet's ``_conv_head``) are replaced by ``nn.Identity`` so
+that every parameter is trained (DistributedDataParallel needs that) and checkpoints
+stay small.
+
+A checkpoint (:func:`save_checkpoint`, written atomically) is a dict with ``model_config``,
+``classes``, ``input_channels``, ``activation``, ``normalisation``, ``level``, ``stride``,
+``state_dict``, ``ema_state_dict`` (or None), ``epoch``, ``config`` and optional resume state.
+:func:`load_checkpoint` returns the model (EMA weights when present) in eval mode and that
+metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from czii.config import ModelConfig
+from czii.errors import ConfigError, DataError
+
+with warnings.catch_warnings():  # timm, imported by smp-3d, scripts functions with the deprecated torch.jit
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+    from segmentation_models_pytorch_3d.base import SegmentationHead
+    from segmentation_models_pytorch_3d.base import initialization as smp_init
+    from segmentation_models_pytorch_3d.decoders.unet.decoder import UnetDecoder
+    from segmentation_models_pytorch_3d.encoders import encoders as smp_encoders
+    from segmentation_models_pytorch_3d.encoders import get_encoder
+
+_STAGE_STRIDES_ZYX = ((2, 2, 2),) * 5
+CHECKPOINT_KEYS = ("model_config", "classes", "input_channels", "activation", "state_dict")
+
+
+@functools.cache
+def supported_encoders() -> tuple[str, ...]:
+    """Encoder names that build as a 3D U-Net here (smp-3d encoders that accept per-stage strides)."""
+
+    def takes_strides(cls) -> bool:
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass) and "strides" in inspect.signature(klass.__init__).parameters:
+                return True
+        return False
+
+    return tuple(name for name, spec in smp_encoders.items() if takes_strides(spec["encoder"]))
+
+
+def stride(model_cfg: ModelConfig) -> int:
+    """The network stride: every input side must be a multiple of it (2**encoder_depth)."""
+    return 2**model_cfg.encoder_depth
+
+
+class Unet3d(nn.Module):
+    """Encoder → U-Net decoder → 3×3×3 head; logits [B, out_channels, Z, Y, X] at the input size."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.segmentation_head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmentation_head(self.decoder(*self.encoder(x)))
+
+
+def _prune_unused(model: nn.Module, probe_side: int, in_channels: int) -> None:
+    """Replace parameter-holding submodules that a forward pass never reaches by ``nn.Identity``."""
+    called: set[int] = set()
+    hooks = [m.register_forward_hook(lambda mod, *_: called.add(id(mod))) for m in model.modules()]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, in_channels, probe_side, probe_side, probe_side))
+    for h in hooks:
+        h.remove()
+    model.train(was_training)
+
+    def prune(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if not any(id(m) in called for m in child.modules()) and any(True for _ in child.parameters()):
+                setattr(parent, name, nn.Identity())
+            else:
+                prune(child)
+
+    prune(model)
+
+
+def build_model(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    """A randomly initialised 3D U-Net for ``model_cfg`` (ConfigError for an unknown encoder)."""
+    name, depth = model_cfg.encoder_name, model_cfg.encoder_depth
+    if name not in supported_encoders():
+        raise ConfigError(f"model.encoder_name: unknown encoder {name!r}; supported: {', '.join(supported_encoders())}")
+    if len(model_cfg.decoder_channels) != depth:
+        raise ConfigError(f"model.decoder_channels: needs {depth} entries (one per encoder stage), "
+                          f"got {model_cfg.decoder_channels}")
+    encoder = get_encoder(name, in_channels=in_channels, depth=depth, weights=None, strides=_STAGE_STRIDES_ZYX)
+    decoder = UnetDecoder(
+        encoder_channels=encoder.out_channels,
+        decoder_channels=list(model_cfg.decoder_channels),
+        n_blocks=depth,
+        use_batchnorm=True,
+        center=name.startswith("vgg"),
+        attention_type=model_cfg.decoder_attention_type,
+        strides=_STAGE_STRIDES_ZYX[:depth],
+    )
+    head = SegmentationHead(in_channels=model_cfg.decoder_channels[-1], out_channels=out_channels, kernel_size=3)
+    smp_init.initialize_decoder(decoder)
+    smp_init.initialize_head(head)
+    model = Unet3d(encoder, decoder, head)
+    _prune_unused(model, max(32, stride(model_cfg)), in_channels)
+    return model
+
+
+def output_channels(classes: list[str] | tuple[str, ...], activation: str) -> int:
+    """Logit channels: one per class for sigmoid, plus background (index 0) for softmax."""
+    return len(classes) + (activation == "softmax")
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` (see the module docstring) to ``path`` atomically (temp file + rename)."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint for {path} lacks {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict (DataError naming the file when missing or not a czii checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DataError(f"{path}: not a czii checkpoint (missing {missing})")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode on ``device`` carrying the EMA weights when present, metadata without weights)."""
+    ckpt = read_checkpoint(path, device)
+    model_cfg = ModelConfig(**ckpt["model_config"])
+    model = build_model(model_cfg, len(ckpt["input_channels"]), output_channels(ckpt["classes"], ckpt["activation"]))
+    weights = ckpt.get("ema_state_dict") or ckpt["state_dict"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise DataError(f"{path}: weights do not fit model_config {ckpt['model_config']} ({exc})") from None
+    model.to(device).eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "ema_state_dict", "resume")}
+    meta["stride"] = stride(model_cfg)
+    return model, meta
+
+
+def member_from_checkpoint(path: str | Path, weight: float = 1.0, device: str | torch.device = "cpu"):
+    """A :class:`czii.inference.EnsembleMember` for the checkpoint at ``path``."""
+    from czii.inference import EnsembleMember
+
+    model, meta = load_checkpoint(path, device)
+    return EnsembleMember(
+        model=model,
+        classes=tuple(meta["classes"]),
+        input_channels=tuple(meta["input_channels"]),
+        activation=meta["activation"],
+        weight=weight,
+        stride=int(meta["stride"]),
+        name=str(path),
+    )

@@ -1,0 +1,372 @@
+"""The training loop: ``train(config, fold=K, out_dir=...)`` → ``out_dir/fold<K>/``.
+
+Per step: AdamW, learning rate by linear warm-up then cosine decay (per step), autocast
+(bf16/fp16) and a GradScaler for fp16 on CUDA only, gradient-norm clipping, and an EMA of
+the weights with decay ``min(ema_decay, (1 + step) / (10 + step))`` (BN statistics are
+copied). Every ``val_every`` epochs and after the last one, rank 0 predicts each held-out
+run with the EMA model (:func:`czii.inference.predict_volume`), detects peaks at
+``val.thresholds`` and scores them with :func:`czii.metric.score`; the best score keeps
+``best.pt`` and the held-out peaks at ``val.oof_threshold`` (``oof/candidates.csv``).
+
+:class:`Trainer` holds the model, EMA, optimiser, schedule and scaler and takes one step
+(``benchmarks/bench_train.py`` times it). Every epoch ends with ``checkpoints/last.pt``
+holding the model, EMA, optimiser, scheduler, scaler, all RNG states, the epoch, the global
+step, the history and the best score; ``resume=True`` continues from it. Patches and
+augmentations depend only on ``(seed, epoch, rank, index)`` (:mod:`czii.training.data`), so
+on one CPU process a resumed run reaches weights bit-identical to an uninterrupted one (on
+CUDA, cuDNN autotuning makes it close but not bitwise). ``train.init_from`` starts a new run
+from another run's weights (e.g. simulated-data pretraining).
+
+Layout (docs/ARCHITECTURE.md): ``out_dir/config.yaml``; ``out_dir/fold<K>/`` with
+``config.yaml``, ``seed.json``, ``checkpoints/{last,best}.pt``, ``history.csv``
+(epoch, train_loss, val_score, lr, seconds), ``oof/candidates.csv`` and ``oof/truth.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from czii.config import Config, atomic_write_text, config_hash, config_to_dict, save_resolved
+from czii.errors import ConfigError
+from czii.inference import EnsembleMember, predict_volume
+from czii.metric import score as metric_score
+from czii.models import build_model, output_channels, read_checkpoint, save_checkpoint, stride
+from czii.postprocess.peaks import detect_peaks
+from czii.training import distributed as ddp
+from czii.training.augment import mixup
+from czii.training.data import FoldSplit, PatchDataset, class_picks, load_input, load_runs, open_sources, split_fold
+from czii.training.losses import HeatmapLoss, activation_for
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_score", "lr", "seconds")
+
+
+@dataclasses.dataclass
+class ValRun:
+    run: str
+    volume: np.ndarray  # [C_in, Z, Y, X] normalised
+    spacing_zyx_A: tuple[float, float, float]
+    truth: pd.DataFrame
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_factor: float) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def copy_buffers(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    for d, s in zip(dst.buffers(), src.buffers()):
+        d.copy_(s)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema ← decay · ema + (1 − decay) · model`` for parameters; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    copy_buffers(ema, model)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> None:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    atomic_write_text(path, buf.getvalue())
+
+
+def validate(
+    model: torch.nn.Module, val_runs: list[ValRun], config: Config, device: torch.device
+) -> tuple[float, pd.DataFrame]:
+    """(metric score at ``val.thresholds``, peaks at ``val.oof_threshold``) of ``model`` on the held-out runs."""
+    member = EnsembleMember(
+        model=copy.deepcopy(model), classes=tuple(config.data.classes),
+        input_channels=tuple(config.data.input_channels), activation=activation_for(config.loss.name),
+        stride=stride(config.model),
+        name="validation",
+    )
+    amp = device.type == "cuda" and config.train.amp != "off"
+    peak_kwargs = dict(
+        method=config.val.peak_method,
+        nms_radius_factor=config.postprocess.nms_radius_factor,
+        min_size_vox=config.postprocess.min_size_vox,
+        merge_factor=config.postprocess.merge_factor,
+    )
+    picked, candidates = [], []
+    for vr in val_runs:
+        probs = predict_volume(
+            [member], vr.volume, tile_zyx=tuple(config.val.tile_zyx), overlap=config.val.overlap, blend="gaussian",
+            batch_size=config.val.batch_size, tta=config.val.tta, device=device, amp=amp,
+        )
+        picked.append(detect_peaks(probs, config.data.classes, vr.spacing_zyx_A, thresholds=config.val.thresholds,
+                                   run=vr.run, **peak_kwargs))
+        low = {c: config.val.oof_threshold for c in config.data.classes}
+        candidates.append(detect_peaks(probs, config.data.classes, vr.spacing_zyx_A, thresholds=low, run=vr.run,
+                                       **peak_kwargs))
+    truth = pd.concat([vr.truth for vr in val_runs], ignore_index=True)
+    report = metric_score(truth, pd.concat(picked, ignore_index=True))
+    return float(report.score), pd.concat(candidates, ignore_index=True)
+
+
+def state_sha256(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the state_dicts of ``modules`` (names, shapes and exact bytes)."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_run_files(config: Config, out_dir: Path, fold_dir: Path, fold: int, ctx: ddp.DistContext,
+                     split: FoldSplit, val_runs: list[ValRun]) -> None:
+    """Resolved configs, seed.json and the held-out truth, written once at the start of a run."""
+    tcfg = config.train
+    save_resolved(config, out_dir / "config.yaml")
+    save_resolved(config, fold_dir / "config.yaml")
+    atomic_write_text(fold_dir / "seed.json", json.dumps(
+        {"seed": tcfg.seed, "fold": fold, "world_size": ctx.world_size, "config_hash": config_hash(config),
+         "train_runs": [f"{s}/{r}" for s, r in split.train], "val_runs": [r for _, r in split.val]}, indent=2))
+    if val_runs:
+        _write_csv(fold_dir / "oof" / "truth.csv", pd.concat([v.truth for v in val_runs], ignore_index=True))
+
+
+def train(config: Config, *, fold: int, out_dir: str | Path, resume: bool = False, device: str = "cpu",
+          workdir: str | Path | None = None, max_epochs: int | None = None) -> Path:
+    """Train ``fold`` of ``config`` into ``out_dir/fold<fold>``; returns that folder.
+
+    ``max_epochs`` stops this call after that many epochs (the run continues with ``resume``).
+    Each rank prints the SHA-256 of its final weights (equal on every rank).
+    """
+    ctx = ddp.init_distributed(device)
+    try:
+        return _train(config, fold, Path(out_dir), resume, ctx, workdir, max_epochs)
+    finally:
+        ddp.shutdown(ctx)
+
+
+class Trainer:
+    """Model, EMA, loss, optimiser, schedule and scaler of one run, and one optimisation step."""
+
+    def __init__(self, config: Config, device: torch.device, ddp_enabled: bool = False) -> None:
+        self.config = config
+        self.device = device
+        tcfg = config.train
+        self.activation = activation_for(config.loss.name)
+        self.model = build_model(config.model, len(config.data.input_channels),
+                                 output_channels(config.data.classes, self.activation)).to(device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if tcfg.ema_decay > 0 else None
+        device_ids = [device.index] if device.type == "cuda" else None
+        self.net = (DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
+                    if ddp_enabled else self.model)
+        self.loss_fn = HeatmapLoss(config.loss, len(config.data.classes)).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+                                           weight_decay=config.optim.weight_decay)
+        total_steps = tcfg.epochs * tcfg.steps_per_epoch
+        warmup_steps = round(config.optim.warmup_epochs * tcfg.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(
+            step, total_steps, warmup_steps, config.optim.schedule, config.optim.min_lr_factor))
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.amp)
+        self.amp_dtype = amp_dtype if device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.global_step = 0
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model that is validated and shipped: the EMA when there is one."""
+        return self.ema if self.ema is not None else self.model
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimisation step on a batch; returns its loss."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        with autocast:
+            logits = self.net(x)
+        loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.global_step += 1
+        if self.ema is not None:
+            decay = min(self.config.train.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+            ema_update(self.ema, self.model, decay)
+        return float(loss.detach())
+
+    def sync_buffers(self, ctx: ddp.DistContext) -> None:
+        """Average BN statistics over ranks and hand them to the EMA model."""
+        ddp.average_buffers(self.model, ctx)
+        if self.ema is not None:
+            copy_buffers(self.ema, self.model)
+
+    def checkpoint(self, epoch: int, val_score: float | None) -> dict:
+        """Everything :func:`czii.models.load_checkpoint` needs (no resume state)."""
+        config = self.config
+        return {
+            "model_config": dataclasses.asdict(config.model),
+            "classes": list(config.data.classes),
+            "input_channels": list(config.data.input_channels),
+            "activation": self.activation,
+            "normalisation": dataclasses.asdict(config.data.normalisation),
+            "level": config.data.level,
+            "stride": stride(config.model),
+            "state_dict": self.model.state_dict(),
+            "ema_state_dict": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "val_score": val_score,
+            "config": config_to_dict(config),
+            "config_hash": config_hash(config),
+        }
+
+    def resume_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _rng_state()}
+
+    def load(self, ckpt: dict) -> None:
+        """Restore weights, EMA, optimiser, schedule, scaler, step count and RNG states from ``last.pt``."""
+        self.model.load_state_dict(ckpt["state_dict"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema_state_dict"])
+        state = ckpt["resume"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.global_step = ckpt["global_step"]
+        _set_rng_state(state["rng"])
+
+    def init_from(self, path: str) -> None:
+        """Start from another run's weights (EMA when present); model, classes and inputs must match."""
+        config = self.config
+        ckpt = read_checkpoint(path)
+        expected = (dataclasses.asdict(config.model), list(config.data.classes), list(config.data.input_channels))
+        found = (ckpt["model_config"], ckpt["classes"], ckpt["input_channels"])
+        if found != expected:
+            raise ConfigError(f"train.init_from {path}: its model/classes/input channels {found} differ from this "
+                              f"config's {expected}")
+        self.model.load_state_dict(ckpt.get("ema_state_dict") or ckpt["state_dict"])
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
+
+
+def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.DistContext, workdir,
+           max_epochs: int | None) -> Path:
+    fold_dir = out_dir / f"fold{fold}"
+    last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
+    if resume and not last_path.is_file():
+        raise ConfigError(f"--resume: {last_path} does not exist; nothing to resume")
+    if not resume and last_path.exists():
+        raise ConfigError(f"{fold_dir} already holds a training run; pass --resume to continue it "
+                          "or choose another --out")
+    ckpt = read_checkpoint(last_path) if resume else None
+    if ckpt is not None and ckpt["config_hash"] != config_hash(config):
+        raise ConfigError(f"--resume: {last_path} was trained with another config (hash {ckpt['config_hash']}, "
+                          f"now {config_hash(config)}); see {fold_dir / 'config.yaml'}")
+    tcfg = config.train
+    _seed_everything(tcfg.seed)
+    torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed patch shape: let cuDNN pick kernels once
+    datasets = open_sources(config, workdir)
+    split = split_fold(config, datasets, fold)
+    runs = load_runs(config, datasets, split.train, progress=ctx.is_main)
+    val_runs = []
+    if ctx.is_main:
+        for source, run in split.val:
+            volume, spacing = load_input(config, datasets[source], run)
+            val_runs.append(ValRun(run, volume, spacing, class_picks(config, datasets[source], run)))
+
+    trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled)
+    start_epoch, history, best_score = 0, [], -math.inf
+    if ckpt is not None:
+        trainer.load(ckpt)
+        start_epoch, history, best_score = ckpt["epoch"], ckpt["resume"]["history"], ckpt["resume"]["best_score"]
+    else:
+        if tcfg.init_from:
+            trainer.init_from(tcfg.init_from)
+        if ctx.is_main:
+            _write_run_files(config, out_dir, fold_dir, fold, ctx, split, val_runs)
+
+    dataset = PatchDataset(config, runs, rank=ctx.rank)
+    end_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, start_epoch + max_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=tcfg.batch_size, shuffle=False,
+                                             num_workers=tcfg.num_workers, pin_memory=ctx.device.type == "cuda",
+                                             drop_last=True)
+        trainer.net.train()
+        loss_sum = 0.0
+        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}", disable=None if ctx.is_main else True,
+                   leave=False)
+        for step, (x, y) in enumerate(bar):
+            mix_rng = np.random.default_rng([tcfg.seed, 1, epoch, ctx.rank, step])
+            loss_sum += trainer.step(*mixup(x, y, mix_rng, config.augment.mixup_prob, config.augment.mixup_alpha))
+            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}")
+        trainer.sync_buffers(ctx)
+        train_loss = ddp.mean_across_ranks(loss_sum / tcfg.steps_per_epoch, ctx)
+
+        val_score, improved = None, False
+        is_last = epoch + 1 == tcfg.epochs
+        if ctx.is_main and val_runs and ((epoch + 1) % tcfg.val_every == 0 or is_last):
+            val_score, candidates = validate(trainer.eval_model, val_runs, config, ctx.device)
+            if val_score > best_score:
+                best_score, improved = val_score, True
+                save_checkpoint(best_path, trainer.checkpoint(epoch + 1, val_score))
+                _write_csv(fold_dir / "oof" / "candidates.csv", candidates)
+        if ctx.is_main:
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_score": val_score,
+                            "lr": trainer.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})
+            state = trainer.checkpoint(epoch + 1, val_score)
+            state["resume"] = {**trainer.resume_state(), "history": history, "best_score": best_score,
+                               "sampler": {"epoch": epoch + 1}}
+            save_checkpoint(last_path, state)
+            _write_csv(fold_dir / "history.csv", pd.DataFrame(history, columns=list(HISTORY_COLUMNS)))
+            val_text = "" if val_score is None else f", val_score {val_score:.4f}{' (best)' if improved else ''}"
+            tqdm.write(f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}: train_loss {train_loss:.4f}{val_text}")
+        ddp.barrier(ctx)
+    digest = state_sha256(trainer.model, *([trainer.ema] if trainer.ema is not None else []))
+    print(f"rank {ctx.rank}/{ctx.world_size}: final weights sha256 {digest}", flush=True)
+    return fold_dir

@@ -1,0 +1,131 @@
+"""``czii train`` on the tiny simulated dataset: run directory, loss, checkpoints, resume equality, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from czii.cli import main
+from czii.config import load_config, with_data_paths
+from czii.errors import ConfigError
+from czii.models import build_model, load_checkpoint, output_channels, read_checkpoint
+from czii.training.data import PatchDataset, load_runs, open_sources, split_fold
+from czii.training.losses import HeatmapLoss
+from czii.training.loop import train
+
+CPU_TINY = Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml"
+
+
+def _config(tiny_sim, *overrides):
+    sets = ["patch.size_zyx=[16,32,32]", "train.val_every=1", "val.tile_zyx=[16,48,48]", *overrides]
+    return with_data_paths(load_config(CPU_TINY, sets), [tiny_sim.copick_config])
+
+
+def _fixed_batch_loss(config, state_dict, tiny_sim) -> float:
+    datasets = open_sources(config)
+    runs = load_runs(config, datasets, split_fold(config, datasets, 0).train, progress=False)
+    data = PatchDataset(config, runs)
+    data.set_epoch(1000)
+    x, y = (torch.stack(t) for t in zip(*(data[i] for i in range(6))))
+    model = build_model(config.model, 1, output_channels(config.data.classes, "sigmoid"))
+    model.load_state_dict(state_dict)
+    model.eval()
+    with torch.no_grad():
+        return float(HeatmapLoss(config.loss, len(config.data.classes))(model(x), y))
+
+
+def test_cli_train_writes_the_run_directory_and_lowers_the_loss(tiny_sim, tmp_path, capsys):
+    out = tmp_path / "runs" / "tiny"
+    rc = main(["train", "--config", str(CPU_TINY), "--data", str(tiny_sim.copick_config), "--out", str(out),
+               "--fold", "1", "--device", "cpu", "--set", "train.epochs=1", "train.steps_per_epoch=12",
+               "patch.size_zyx=[16,32,32]", "val.tile_zyx=[16,48,48]"])
+    assert rc == 0
+    fold = out / "fold1"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(fold)
+    for name in ("config.yaml", "seed.json", "history.csv", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "oof/candidates.csv", "oof/truth.csv"):
+        assert (fold / name).is_file(), name
+    config = load_config(fold / "config.yaml")
+    assert config == load_config(out / "config.yaml")
+    assert config.train.steps_per_epoch == 12 and config.data.sources[0].path == str(tiny_sim.copick_config)
+
+    history = pd.read_csv(fold / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_score", "lr", "seconds"]
+    assert len(history) == 1 and 0 <= history.val_score[0] <= 1
+
+    held_out = sorted(tiny_sim.train_runs)[1]
+    truth = pd.read_csv(fold / "oof" / "truth.csv")
+    expected = tiny_sim.picks[tiny_sim.picks.experiment == held_out]
+    assert set(truth.experiment) == {held_out} and len(truth) == len(expected)
+    candidates = pd.read_csv(fold / "oof" / "candidates.csv")
+    assert list(candidates.columns) == ["experiment", "particle_type", "x", "y", "z", "score"]
+    assert set(candidates.experiment) <= {held_out}
+    assert (candidates.score >= config.val.oof_threshold).all()
+
+    model, meta = load_checkpoint(fold / "checkpoints" / "best.pt")
+    assert meta["classes"] == config.data.classes and meta["activation"] == "sigmoid"
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 16, 32, 24)).shape == (1, 6, 16, 32, 24)
+
+    torch.manual_seed(config.train.seed)
+    initial = build_model(config.model, 1, 6).state_dict()
+    trained = read_checkpoint(fold / "checkpoints" / "last.pt")["state_dict"]
+    assert _fixed_batch_loss(config, trained, tiny_sim) < 0.8 * _fixed_batch_loss(config, initial, tiny_sim)
+
+
+def test_resume_reaches_bit_identical_weights(tiny_sim, tmp_path):
+    config = _config(tiny_sim, "train.epochs=2", "train.steps_per_epoch=4", "augment.small_rotation_deg=10",
+                     "augment.mixup_prob=0.5")
+    straight = train(config, fold=0, out_dir=tmp_path / "straight")
+    train(config, fold=0, out_dir=tmp_path / "resumed", max_epochs=1)
+    first_half = read_checkpoint(tmp_path / "resumed" / "fold0" / "checkpoints" / "last.pt")
+    assert first_half["epoch"] == 1
+    resumed = train(config, fold=0, out_dir=tmp_path / "resumed", resume=True)
+
+    a = read_checkpoint(straight / "checkpoints" / "last.pt")
+    b = read_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 8
+    for key in ("state_dict", "ema_state_dict"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    assert not torch.equal(first_half["state_dict"]["segmentation_head.0.weight"],
+                           b["state_dict"]["segmentation_head.0.weight"])
+    moments_a = a["resume"]["optimizer"]["state"]
+    moments_b = b["resume"]["optimizer"]["state"]
+    assert all(torch.equal(moments_a[k]["exp_avg"], moments_b[k]["exp_avg"]) for k in moments_a)
+    ha, hb = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
+    pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+
+
+def test_refuses_unknown_fold_existing_run_and_changed_config(tiny_sim, tmp_path):
+    config = _config(tiny_sim, "train.epochs=1", "train.steps_per_epoch=1")
+    with pytest.raises(ConfigError, match="fold 7 does not exist"):
+        train(config, fold=7, out_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(config, fold=0, out_dir=tmp_path / "a", resume=True)
+    train(config, fold=0, out_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, fold=0, out_dir=tmp_path / "a")
+    changed = _config(tiny_sim, "train.epochs=2", "train.steps_per_epoch=1")
+    with pytest.raises(ConfigError, match="another config"):
+        train(changed, fold=0, out_dir=tmp_path / "a", resume=True)
+    assert np.isfinite(pd.read_csv(tmp_path / "a" / "fold0" / "history.csv").train_loss).all()
+
+
+def test_init_from_starts_from_another_runs_weights(tiny_sim, tmp_path):
+    source = train(_config(tiny_sim, "train.epochs=1", "train.steps_per_epoch=2"), fold=0, out_dir=tmp_path / "pre")
+    best = source / "checkpoints" / "best.pt"
+    frozen = _config(tiny_sim, "train.epochs=1", "train.steps_per_epoch=2", "optim.lr=0.0", f"train.init_from={best}")
+    fold = train(frozen, fold=1, out_dir=tmp_path / "fine")
+    start, after = read_checkpoint(best)["ema_state_dict"], read_checkpoint(fold / "checkpoints" / "last.pt")
+    trained_names = {name for name, _ in build_model(frozen.model, 1, 6).named_parameters()}
+    for name in trained_names:
+        assert torch.equal(after["state_dict"][name], start[name]), name
+    other = _config(tiny_sim, "model.decoder_channels=[16,16,8]", f"train.init_from={best}")
+    with pytest.raises(ConfigError, match="init_from"):
+        train(other, fold=1, out_dir=tmp_path / "other")

@@ -1,0 +1,106 @@
+"""Model factory and checkpoints: shapes, no unused parameters, EMA weights on load, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from czii.config import ModelConfig, load_config
+from czii.errors import ConfigError, DataError
+from czii.inference import predict_volume
+from czii.models import build_model, load_checkpoint, member_from_checkpoint, save_checkpoint, stride
+
+SMALL = ModelConfig(encoder_name="resnet18", encoder_depth=2, decoder_channels=[16, 8], decoder_attention_type=None)
+
+
+def _checkpoint(model, ema=None, activation="sigmoid", classes=("apo-ferritin", "ribosome")):
+    return {
+        "model_config": {"encoder_name": SMALL.encoder_name, "encoder_depth": SMALL.encoder_depth,
+                         "decoder_channels": SMALL.decoder_channels, "decoder_attention_type": None},
+        "classes": list(classes),
+        "input_channels": ["denoised"],
+        "activation": activation,
+        "normalisation": {"clip_percentiles": [0.5, 99.5]},
+        "stride": stride(SMALL),
+        "state_dict": model.state_dict(),
+        "ema_state_dict": None if ema is None else ema.state_dict(),
+        "epoch": 1,
+    }
+
+
+@pytest.mark.parametrize("depth,channels", [(2, [16, 8]), (3, [32, 16, 8])])
+def test_output_shape_and_every_parameter_trains(depth, channels):
+    cfg = ModelConfig("resnet18", depth, channels, None)
+    assert stride(cfg) == 2**depth
+    model = build_model(cfg, in_channels=2, out_channels=3)
+    x = torch.randn(2, 2, 16, 24, 32)
+    y = model(x)
+    assert y.shape == (2, 3, 16, 24, 32)
+    y.square().mean().backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None]
+    assert unused == []
+
+
+def test_unknown_encoder_is_a_config_error():
+    with pytest.raises(ConfigError, match="resnet9000"):
+        build_model(ModelConfig("resnet9000", 2, [16, 8], None), 1, 1)
+
+
+def test_checkpoint_round_trip_prefers_ema_weights(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(SMALL, 1, 2)
+    ema = build_model(SMALL, 1, 2)  # different random weights stand in for the EMA
+    path = tmp_path / "ckpt" / "best.pt"
+    save_checkpoint(path, _checkpoint(model, ema))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]
+    loaded, meta = load_checkpoint(path)
+    assert not loaded.training
+    assert meta["classes"] == ["apo-ferritin", "ribosome"] and meta["stride"] == 4
+    assert "state_dict" not in meta
+    x = torch.randn(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ema.eval()(x))
+        assert not torch.equal(loaded(x), model.eval()(x))
+
+    save_checkpoint(path, _checkpoint(model))
+    no_ema, _ = load_checkpoint(path)
+    with torch.no_grad():
+        assert torch.equal(no_ema(x), model(x))
+
+
+def test_member_from_checkpoint_predicts_a_volume(tmp_path):
+    model = build_model(SMALL, 1, 3)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _checkpoint(model, activation="softmax"))
+    member = member_from_checkpoint(path, weight=2.0)
+    assert member.activation == "softmax" and member.weight == 2.0 and member.stride == 4
+    assert member.classes == ("apo-ferritin", "ribosome")
+    probs = predict_volume([member], np.random.default_rng(0).normal(size=(1, 12, 20, 20)).astype(np.float32),
+                           tile_zyx=(8, 16, 16), overlap=0.25, batch_size=2)
+    assert probs.shape == (2, 12, 20, 20)
+    assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_bad_checkpoint_files_are_data_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="unreadable"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(DataError, match="not a czii checkpoint"):
+        load_checkpoint(foreign)
+
+
+@pytest.mark.parametrize("name", ["resnet18.yaml", "resnet34.yaml", "effnetb3.yaml"])
+def test_gpu_config_models_build_and_keep_the_input_size(name):
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    model = build_model(cfg.model, len(cfg.data.input_channels), len(cfg.data.classes)).eval()
+    side = stride(cfg.model)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, side, 2 * side, side)).shape == (1, 6, side, 2 * side, side)
