@@ -1,0 +1,51 @@
+"""``czii infer``: predict a dataset with trained models; writes a submission CSV and its manifest.
+
+Under ``torchrun`` the runs are shared out over the processes and rank 0 writes the outputs
+(``torchrun --nproc_per_node N -m czii.cli infer ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from czii.inference.tta import TTA_PRESETS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", required=True, nargs="+", metavar="PATH",
+                        help="a training run directory (every fold's best.pt; its thresholds.json), "
+                             "checkpoint files (equal weights) or an ensemble YAML")
+    parser.add_argument("--data", required=True,
+                        help="a copick config JSON, a Kaggle competition directory or one of its split folders")
+    parser.add_argument("--split", choices=("train", "test"), default="test",
+                        help="split of a Kaggle competition directory (default: test)")
+    parser.add_argument("--runs", nargs="+", metavar="RUN", help="runs to predict (default: every run)")
+    parser.add_argument("--tta", metavar="PRESET",
+                        help=f"TTA preset ({', '.join(TTA_PRESETS)}) or comma-separated transforms; "
+                             "default: the checkpoint's infer.tta")
+    parser.add_argument("--thresholds", metavar="FILE",
+                        help="thresholds JSON from `czii tune` (default: the models' thresholds.json, else defaults)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
+    parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
+    parser.add_argument("--out", required=True, metavar="CSV",
+                        help="submission CSV to write, e.g. submissions/<name>.csv (manifest: <CSV>.manifest.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from czii.inference.pipeline import manifest_path, run_inference
+
+    tta = args.tta.split(",") if args.tta and "," in args.tta else args.tta
+    result = run_inference(
+        args.models, args.data, split=args.split, runs=args.runs, out_csv=args.out, tta=tta,
+        thresholds=args.thresholds, device=args.device, copick_user=args.copick_user,
+        copick_session=args.copick_session,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        m = result.manifest
+        counts = ", ".join(f"{name} {n}" for name, n in m["picks_per_class"].items())
+        print(f"{len(m['data']['runs'])} runs, {m['n_picks']} picks ({counts}) in {m['total_seconds']:.1f} s "
+              f"on {m['device']} x{m['world_size']}; thresholds: {m['thresholds']['source']}")
+        print(f"wrote {args.out} and {manifest_path(args.out)}")
+    return 0
