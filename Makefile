@@ -6,18 +6,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CZII := $(BIN)/czii
 
-# Knobs (override on the command line: make train CONFIG=configs/resnet18.yaml FOLD=1)
+# Knobs (override on the command line: make train CONFIG=configs/resnet18.yaml FOLD=1 DATA=/path/to/kaggle)
 CONFIG ?= configs/cpu_tiny.yaml
 FOLD ?= 0
-DATA ?=
-OUT ?=
+EXP ?= $(basename $(notdir $(CONFIG)))
 WORK ?= work
+RUN ?= $(WORK)/runs/$(EXP)
+DATA ?=
+MODELS ?= $(RUN)
+SUBMISSION ?= submissions/$(EXP).csv
+SOLUTION ?=
+ROWS ?=
+KAGGLE_OUT ?= kaggle_dataset
+DEVICE ?=
+DATA_ARG = $(if $(DATA),--data $(DATA),)
+DEVICE_ARG = $(if $(DEVICE),--device $(DEVICE),)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all demo simulate score clean
+.PHONY: help setup test test-all demo simulate train tune infer score experiment leaderboard report ensemble kaggle bench clean
 
-help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+help: ## list the targets and their knobs
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  knobs: CONFIG=$(CONFIG) FOLD=$(FOLD) DATA=<kaggle dir|copick config> RUN=$(RUN) DEVICE=cpu|cuda"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,14 +37,64 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) ## create .venv and install the package with pinned dependencies
 
-test: $(STAMP) ## run the fast test suite (what CI runs)
+test: $(STAMP) ## run the fast test suite (what CI runs; < 10 min on 2 cores)
 	$(BIN)/pytest
 
-test-all: $(STAMP) ## run every test, slow ones included
+test-all: $(STAMP) ## run every test, slow ones included (not gpu)
 	$(BIN)/pytest -m "not gpu"
 
-simulate: $(STAMP) ## simulate a small dataset into $(WORK)/sim
-	$(CZII) simulate --out $(WORK)/sim --preset small
+# The demo: with no DATA, a simulated dataset and the CPU config; with DATA=<Kaggle dir>, the real pipeline (GPU config).
+DEMO_RUN := $(WORK)/runs/demo
+REAL_CONFIG ?= configs/resnet34.yaml
+REAL_EXP := $(basename $(notdir $(REAL_CONFIG)))
+
+demo: $(STAMP) ## the main job: simulate → train 2 folds → tune → infer with TTA → score (CPU, < 20 min); DATA=<Kaggle dir> runs it on real data
+ifeq ($(DATA),)
+	$(CZII) simulate --out $(WORK)/sim --preset small --overwrite
+	rm -rf $(DEMO_RUN)
+	$(CZII) train --config configs/cpu_tiny.yaml --fold 0 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
+	$(CZII) train --config configs/cpu_tiny.yaml --fold 1 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
+	$(CZII) tune --run-dir $(DEMO_RUN)
+	$(CZII) infer --models $(DEMO_RUN) --data $(WORK)/sim/kaggle --split test --out submissions/demo.csv $(DEVICE_ARG)
+	$(CZII) score --submission submissions/demo.csv --solution $(WORK)/sim/kaggle/solution.csv
+else
+	$(CZII) experiment --config $(REAL_CONFIG) --out $(WORK)/runs --data $(DATA) $(DEVICE_ARG)
+	$(CZII) infer --models $(WORK)/runs/$(REAL_EXP) --data $(DATA) --split test --out submissions/$(REAL_EXP).csv $(DEVICE_ARG)
+endif
+
+simulate: $(STAMP) ## simulate the small preset into $(WORK)/sim
+	$(CZII) simulate --out $(WORK)/sim --preset small --overwrite
+
+train: $(STAMP) ## train one fold: CONFIG=... FOLD=... [DATA=...]
+	$(CZII) train --config $(CONFIG) --fold $(FOLD) --out $(RUN) $(DATA_ARG) $(DEVICE_ARG)
+
+tune: $(STAMP) ## tune per-class thresholds on the out-of-fold picks of RUN
+	$(CZII) tune --run-dir $(RUN)
+
+infer: $(STAMP) ## ensemble + TTA inference of MODELS on DATA (test split) → SUBMISSION
+	$(CZII) infer --models $(MODELS) --data $(DATA) --split test --out $(SUBMISSION) $(DEVICE_ARG)
+
+score: $(STAMP) ## score SUBMISSION against SOLUTION (CSV, copick config or Kaggle dir)
+	$(CZII) score --submission $(SUBMISSION) --solution $(SOLUTION)
+
+experiment: $(STAMP) ## train every fold of CONFIG, tune, report, add a leaderboard row
+	$(CZII) experiment --config $(CONFIG) --out $(WORK)/runs $(DATA_ARG) $(DEVICE_ARG)
+
+leaderboard: $(STAMP) ## print submissions/leaderboard.csv, best first
+	$(CZII) leaderboard
+
+report: $(STAMP) ## rebuild the figures of RUN from its saved outputs
+	$(CZII) report --run-dir $(RUN)
+
+ensemble: $(STAMP) ## assemble an ensemble from leaderboard ROWS="exp1 exp2" and score it out-of-fold
+	$(CZII) ensemble --rows $(ROWS) --out $(WORK)/ensembles/ensemble.yaml
+
+kaggle: $(STAMP) ## build the offline Kaggle dataset folder from MODELS into KAGGLE_OUT
+	$(CZII) kaggle-build --models $(MODELS) --out $(KAGGLE_OUT)
+
+bench: $(STAMP) ## training and inference benchmarks on this machine → benchmarks/
+	$(BIN)/python benchmarks/bench_train.py --config $(CONFIG) $(DEVICE_ARG)
+	$(BIN)/python benchmarks/bench_inference.py $(DEVICE_ARG)
 
 clean: ## remove work/ outputs (keeps .venv)
 	rm -rf $(WORK)

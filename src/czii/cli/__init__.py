@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a 3D U-Net heatmap model on one fold of a config"),
     "infer": ("infer", "sliding-window ensemble inference with TTA; writes a submission CSV"),
     "tune": ("tune", "tune per-class thresholds on out-of-fold predictions"),
+    "experiment": ("experiment", "train every fold of a config, tune, draw the report and add a leaderboard row"),
+    "report": ("report", "rebuild an experiment's figures from its saved outputs"),
+    "leaderboard": ("leaderboard", "print the experiments' leaderboard, best first"),
+    "ensemble": ("ensemble", "assemble an ensemble YAML from leaderboard rows and score it out-of-fold"),
+    "kaggle-build": ("kaggle", "build the offline Kaggle dataset folder (wheels, checkpoints, thresholds, config)"),
 }
 
 
