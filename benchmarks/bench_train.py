@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from czii.config import atomic_write_text, config_hash, load_config, with_data_paths
-from czii.training import distributed as ddp
+from czii import distributed as ddp
+from czii.config import config_hash, load_config, with_data_paths
+from czii.io import atomic_write_text
 from czii.training.augment import mixup
 from czii.training.data import PatchDataset, load_runs, open_sources, split_fold
 from czii.training.loop import Trainer

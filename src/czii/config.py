@@ -16,11 +16,9 @@ import csv
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import types
 import typing
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -28,6 +26,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from czii.errors import ConfigError
+from czii.io import atomic_write_text
 from czii.particles import BY_NAME, PARTICLE_NAMES
 
 
@@ -503,18 +502,6 @@ def config_hash(config: Config) -> str:
     """First 12 hex digits of the SHA-256 of the canonical JSON of the resolved config."""
     text = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling of ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_resolved(config: Config, path: str | Path) -> None:

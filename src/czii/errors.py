@@ -15,3 +15,8 @@ class ConfigError(CziiError, ValueError):
 
 class SubmissionError(CziiError, ValueError):
     """A submission or solution table is malformed."""
+
+
+class BuildError(CziiError):
+    """A wheel of the offline Kaggle dataset could not be found, downloaded or built for the target, or
+    the dependency closure is inconsistent."""

@@ -50,29 +50,26 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import yaml
 
-from czii.config import Config, atomic_write_text, config_hash, load_config, resolve_folds, with_data_paths
+from czii.config import Config, config_hash, load_config, with_data_paths
 from czii.data import Dataset
 from czii.errors import ConfigError, DataError
-from czii.inference import EnsembleMember, predict_volume
-from czii.inference.pipeline import _git_commit
+from czii.io import atomic_write_text, git_commit, temp_sibling
 from czii.models import member_from_checkpoint
 from czii.particles import PARTICLE_NAMES
 from czii.postprocess.peaks import detect_peaks
 from czii.postprocess.thresholds import TuneReport, tune_run_dir
 from czii.report import OVERLAY_FILE, REPORT_DIR, OverlaySlab, Report, build_report, overlay_slab
-from czii.training.data import class_picks, load_input, open_sources, split_fold
-from czii.training.loop import train
+from czii.training.data import class_picks, fold_runs, load_input, open_sources, split_fold
+from czii.training.loop import predict_probabilities, train
 
 DEFAULT_LEADERBOARD = Path("submissions/leaderboard.csv")
 F4_COLUMNS: tuple[str, ...] = tuple(f"f4_{name}" for name in PARTICLE_NAMES)
@@ -221,12 +218,6 @@ class ExperimentResult:
     leaderboard: Path
 
 
-def _fold_count(config: Config, datasets: dict[str, Dataset]) -> int:
-    """Folds of ``config``: its fold lists, else one per run of the first source (as training splits them)."""
-    folds = resolve_folds(config)
-    return len(folds) if folds is not None else len(datasets[config.data.sources[0].name].runs())
-
-
 def _fold_state(fold_dir: Path, config: Config) -> str:
     """``trained`` (nothing there yet), ``resumed`` (interrupted) or ``reused`` (done with this config)."""
     if not (fold_dir / "checkpoints" / "last.pt").is_file():
@@ -245,16 +236,6 @@ def _fold_state(fold_dir: Path, config: Config) -> str:
     return "reused" if done else "resumed"
 
 
-def _val_probabilities(members: list[EnsembleMember], volume_czyx: np.ndarray, config: Config,
-                       device: torch.device) -> np.ndarray:
-    """Probabilities [C, Z, Y, X] of a held-out run at the training loop's validation settings."""
-    return predict_volume(
-        members, volume_czyx, tile_zyx=tuple(config.val.tile_zyx), overlap=config.val.overlap, blend="gaussian",
-        batch_size=config.val.batch_size, tta=config.val.tta, device=device,
-        amp=device.type == "cuda" and config.train.amp != "off",
-    )
-
-
 def _device_label(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
@@ -271,7 +252,7 @@ def _heldout_pass(config: Config, run_dir: Path, folds: Sequence[int], datasets:
         for source, run in split_fold(config, datasets, k).val:
             volume, spacing_zyx_A = load_input(config, datasets[source], run)
             t0 = time.perf_counter()
-            probs = _val_probabilities(members, volume, config, device)
+            probs = predict_probabilities(members, volume, config, device)
             seconds += time.perf_counter() - t0
             truth = class_picks(config, datasets[source], run)
             if slab is not None or truth.empty:
@@ -301,7 +282,7 @@ def run_experiment(
                           "and a leaderboard row)")
     dev = torch.device(device)
     datasets = open_sources(config, workdir)
-    n_folds = _fold_count(config, datasets)
+    n_folds = len(fold_runs(config, datasets))
     folds = sorted(set(range(n_folds) if folds is None else folds))
     unknown = [k for k in folds if not 0 <= k < n_folds]
     if unknown or not folds:
@@ -326,7 +307,7 @@ def run_experiment(
     row = {
         "experiment": name,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "config_hash": config_hash(config),
         "seed": config.train.seed,
         "folds": " ".join(map(str, folds)),
@@ -416,7 +397,7 @@ def _ensemble_oof(members: Sequence[EnsembleMemberRow], out: Path, device: torch
         candidates, truth = [], []
         for source, run in split:
             volume, spacing_zyx_A = load_input(config, datasets[source], run)
-            probs = _val_probabilities(models, volume, config, device)
+            probs = predict_probabilities(models, volume, config, device)
             candidates.append(detect_peaks(
                 probs, config.data.classes, spacing_zyx_A, thresholds=low, run=run, method=config.val.peak_method,
                 nms_radius_factor=config.postprocess.nms_radius_factor, min_size_vox=config.postprocess.min_size_vox,
@@ -480,7 +461,7 @@ def build_ensemble(
     members = [_member_row(row, w, data) for row, w in zip(rows, weights)]
     _check_members(members)
 
-    tmp = oof_dir.with_name(f".{oof_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_sibling(oof_dir)
     try:
         _ensemble_oof(members, tmp, torch.device(device), workdir)
         tune = tune_run_dir(tmp)

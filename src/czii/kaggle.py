@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import email.parser
 import fnmatch
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -44,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,8 +60,9 @@ from packaging.version import Version
 from tqdm import tqdm
 
 from czii.data.sim_scene import REAL_SHAPE_ZYX
-from czii.errors import ConfigError, CziiError, DataError
-from czii.inference.pipeline import DEFAULT_THRESHOLDS_ORIGIN, _load_ensemble, _thresholds, resolve_models
+from czii.errors import BuildError, ConfigError, DataError
+from czii.inference.pipeline import DEFAULT_THRESHOLDS_ORIGIN, find_thresholds, load_ensemble, resolve_models
+from czii.io import git_commit, git_dirty, sha256_file, temp_sibling
 from czii.postprocess.thresholds import save_thresholds
 
 # Kaggle's notebook image: Python 3.11 on Ubuntu 22.04 (glibc 2.35) with a CUDA build of torch.
@@ -85,10 +84,6 @@ THRESHOLDS_NAME = "thresholds.json"
 PACKAGE_NAME = "czii"
 _MANYLINUX = re.compile(r"manylinux_(\d+)_(\d+)_(\w+)")
 _LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
-
-
-class BuildError(CziiError):
-    """A wheel could not be found, downloaded or built for the target, or the closure is inconsistent."""
 
 
 # --------------------------------------------------------------------------- target
@@ -413,8 +408,8 @@ def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: 
     settings it would refuse fail here rather than on Kaggle.
     """
     source = resolve_models(models)
-    values, origin = _thresholds(thresholds, source)
-    ens = _load_ensemble(source, tta, values, origin, torch.device("cpu"))
+    values, origin = find_thresholds(thresholds, source)
+    ens = load_ensemble(source, tta, values, origin, torch.device("cpu"))
     if origin == DEFAULT_THRESHOLDS_ORIGIN:
         print(f"note: no thresholds file with {source.description}; shipping the defaults {ens.thresholds} "
               "(tune them with `czii tune`, or pass --thresholds)", file=sys.stderr)
@@ -444,35 +439,12 @@ def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: 
 # --------------------------------------------------------------------------- manifest and build
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _git_state(project_dir: Path) -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(["git", "-C", str(project_dir), *args], check=False, capture_output=True, text=True,
-                                  timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--", *_WHEEL_SOURCES)
-    # dirty: the packaged sources (src/, pyproject.toml, README.md) differ from the commit or have new files
-    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
-
-
 _UNLISTED = (MANIFEST_NAME, KAGGLE_METADATA_NAME)
 
 
 def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     return {
-        p.relative_to(root).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
         for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() not in _UNLISTED
     }
 
@@ -531,7 +503,7 @@ def build_kaggle_dataset(
     source = WheelSource(target, Path(cache_dir) if cache_dir is not None else default_cache_dir(target),
                          Path(wheels_from) if wheels_from is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out)
     tmp.mkdir()
     try:
         models_part = _write_models(models, tmp, tta=tta, thresholds=thresholds)
@@ -543,7 +515,8 @@ def build_kaggle_dataset(
         manifest = {
             "package": PACKAGE_NAME,
             "version": version,
-            "git": _git_state(project_dir),
+            # dirty: the packaged sources (src/, pyproject.toml, README.md) differ from the commit or have new files
+            "git": {"commit": git_commit(project_dir), "dirty": git_dirty(project_dir, _WHEEL_SOURCES)},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": {"python_version": target.python_version, "implementation": "cp",
                        "platforms": list(target.platforms), "accepted_platforms": target.expanded_platforms},
@@ -559,7 +532,7 @@ def build_kaggle_dataset(
         if out.exists():
             if (out / KAGGLE_METADATA_NAME).is_file():
                 shutil.copy2(out / KAGGLE_METADATA_NAME, tmp / KAGGLE_METADATA_NAME)
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = temp_sibling(out, "old")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from torch import nn
 
 from czii.config import ModelConfig
 from czii.errors import ConfigError, DataError
+from czii.io import atomic_path
 
 with warnings.catch_warnings():  # timm, imported by smp-3d, scripts functions with the deprecated torch.jit
     warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
@@ -133,14 +132,8 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint for {path} lacks {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -174,11 +167,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model, meta
 
 
-def member_from_checkpoint(path: str | Path, weight: float = 1.0, device: str | torch.device = "cpu"):
-    """A :class:`czii.inference.EnsembleMember` for the checkpoint at ``path``."""
+def ensemble_member(model: nn.Module, meta: dict[str, Any], *, weight: float = 1.0, name: str):
+    """A :class:`czii.inference.EnsembleMember` of a model and metadata from :func:`load_checkpoint`."""
     from czii.inference import EnsembleMember
 
-    model, meta = load_checkpoint(path, device)
     return EnsembleMember(
         model=model,
         classes=tuple(meta["classes"]),
@@ -186,5 +178,11 @@ def member_from_checkpoint(path: str | Path, weight: float = 1.0, device: str | 
         activation=meta["activation"],
         weight=weight,
         stride=int(meta["stride"]),
-        name=str(path),
+        name=name,
     )
+
+
+def member_from_checkpoint(path: str | Path, weight: float = 1.0, device: str | torch.device = "cpu"):
+    """A :class:`czii.inference.EnsembleMember` for the checkpoint at ``path``."""
+    model, meta = load_checkpoint(path, device)
+    return ensemble_member(model, meta, weight=weight, name=str(path))

@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from scipy.spatial import cKDTree
 
 from czii.errors import DataError
 from czii.geometry import xyz_A_to_zyx_vox
+from czii.io import atomic_write_bytes
 from czii.particles import get_particle
 from czii.postprocess.thresholds import class_curves, load_thresholds, read_oof
 
@@ -63,19 +63,6 @@ class Report:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary sibling of ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:

@@ -11,8 +11,6 @@ directory.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -21,6 +19,7 @@ import pandas as pd
 
 from czii.errors import SubmissionError
 from czii.geometry import Spacing, zyx_vox_to_xyz_A
+from czii.io import atomic_write_text
 from czii.particles import PARTICLE_NAMES
 
 PICK_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z")
@@ -143,15 +142,7 @@ def _check_bounds(table: pd.DataFrame, extents_xyz_A: Mapping[str, np.ndarray], 
 def write_submission(df: pd.DataFrame, path: str | Path, **validate_kwargs) -> Path:
     """Validate ``df`` (keyword arguments go to :func:`validate_submission`) and write it as CSV atomically."""
     validate_submission(df, **validate_kwargs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, df.to_csv(index=False))
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:

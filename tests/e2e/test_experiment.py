@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
@@ -42,15 +41,6 @@ CPU_TINY = Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml"
 TINY = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=1", "patch.size_zyx=[32,32,32]",
         "val.tile_zyx=[32,96,96]"]
 FIGURES = (THRESHOLD_FIGURE, TRAINING_FIGURE, OVERLAY_FIGURE)
-
-
-def assert_valid_png(path, min_bytes: int = 5_000) -> None:
-    """A PNG file of some size whose pixels are not a single flat colour."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
-    assert len(data) > min_bytes, (path, len(data))
-    pixels = matplotlib.image.imread(path)
-    assert pixels.ndim == 3 and pixels[..., :3].std() > 0.02, path
 
 
 def _config(tiny_sim, *overrides):
@@ -116,7 +106,7 @@ def test_same_config_and_seed_reproduce_the_score_columns(runs):
         assert b[column] == runs.first[column], column
 
 
-def test_figures_are_valid_pngs_and_the_report_rebuilds_them_from_saved_outputs(runs, capsys):
+def test_figures_are_valid_pngs_and_the_report_rebuilds_them_from_saved_outputs(runs, capsys, assert_valid_png):
     report = runs.run_dir / "report"
     before = {}
     for name in FIGURES:
@@ -210,7 +200,7 @@ def test_ensemble_refuses_rows_whose_folds_differ(runs):
 
 
 @pytest.mark.slow
-def test_an_interrupted_experiment_resumes_to_the_same_row(tiny_sim, tmp_path):
+def test_an_interrupted_experiment_resumes_to_the_same_row(tiny_sim, tmp_path, assert_valid_png):
     config = _config(tiny_sim, "train.epochs=2", "train.steps_per_epoch=3", "train.val_every=1")
     straight = run_experiment(config, name="s", out_root=tmp_path / "straight", folds=[0, 1],
                               leaderboard=tmp_path / "lb.csv")

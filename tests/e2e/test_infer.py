@@ -19,14 +19,14 @@ import torch
 import yaml
 
 from czii.cli import main
-from czii.config import config_to_dict, load_config, with_data_paths
+from czii.config import load_config, with_data_paths
 from czii.data import open_dataset
 from czii.data.normalize import normalize_volume
 from czii.errors import ConfigError, DataError
 from czii.geometry import extent_xyz_A
 from czii.inference import manifest_path, predict_volume, resolve_models, run_inference
 from czii.metric import score
-from czii.models import build_model, member_from_checkpoint, save_checkpoint, stride
+from czii.models import member_from_checkpoint
 from czii.particles import PARTICLE_NAMES
 from czii.postprocess.peaks import detect_peaks
 from czii.postprocess.thresholds import DEFAULT_THRESHOLDS, save_thresholds
@@ -34,26 +34,10 @@ from czii.submission import SUBMISSION_COLUMNS, load_solution, read_submission, 
 from czii.training.loop import train
 
 CPU_TINY = Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml"
-TINY_SETS = ["model.encoder_depth=1", "model.decoder_channels=[8]", "infer.tile_zyx=[32,96,96]", "infer.tta=none"]
-
-
-def save_tiny_checkpoint(path: Path, seed: int, classes=PARTICLE_NAMES, input_channels=("denoised",)) -> Path:
-    """A random-weight resnet18 depth-1 U-Net checkpoint carrying a resolved config, as training writes it."""
-    config = load_config(CPU_TINY, [*TINY_SETS, f"data.classes={json.dumps(list(classes))}",
-                                    f"data.input_channels={json.dumps(list(input_channels))}"])
-    torch.manual_seed(seed)
-    model = build_model(config.model, len(input_channels), len(classes))
-    save_checkpoint(path, {
-        "model_config": dataclasses.asdict(config.model), "classes": list(classes),
-        "input_channels": list(input_channels), "activation": "sigmoid",
-        "normalisation": dataclasses.asdict(config.data.normalisation), "level": 0, "stride": stride(config.model),
-        "state_dict": model.state_dict(), "ema_state_dict": None, "epoch": 1, "config": config_to_dict(config),
-    })
-    return path
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
+def ckpts(tmp_path_factory, save_tiny_checkpoint) -> dict[str, Path]:
     """A two-fold run directory (runs/exp) plus loose checkpoints that disagree with it."""
     root = tmp_path_factory.mktemp("ckpts")
     return {

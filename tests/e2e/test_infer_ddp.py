@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from czii.inference import manifest_path, run_inference, shard_runs
-from test_infer import save_tiny_checkpoint  # tests/e2e is on sys.path (pytest's default import mode)
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
@@ -27,7 +26,7 @@ def _torchrun_infer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, save_tiny_checkpoint) -> Path:
     root = tmp_path_factory.mktemp("ddp_models") / "exp"
     for fold in (0, 1):
         save_tiny_checkpoint(root / f"fold{fold}" / "checkpoints" / "best.pt", seed=10 + fold)

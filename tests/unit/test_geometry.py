@@ -1,13 +1,17 @@
 """The one voxel ↔ Ångström conversion, both directions, and the particle constants."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+import czii.data
 from czii.geometry import extent_xyz_A, xyz_A_to_zyx_vox, zyx_vox_to_xyz_A
 from czii.particles import BY_LABEL, PARTICLE_NAMES, PARTICLES, TOTAL_WEIGHT, get_particle
 
 REAL_SPACING_ZYX = (10.012444196428572, 10.012444196428572, 10.012444537618887)
+TRAIN_PICKS_CSV = Path(czii.data.__file__).parent / "reference" / "train_picks.csv"  # 1,269 real picks (package data)
 
 
 def test_xyz_to_zyx_swaps_axes_and_divides_by_spacing():
@@ -51,7 +55,7 @@ def test_extent_of_real_tomogram():
 
 
 def test_real_picks_fall_inside_a_real_tomogram():
-    picks = pd.read_csv("/work/shared/czii/train_picks.csv")
+    picks = pd.read_csv(TRAIN_PICKS_CSV)
     ext = extent_xyz_A((184, 630, 630), REAL_SPACING_ZYX)
     xyz = picks[["x", "y", "z"]].to_numpy()
     assert (xyz >= 0).all() and (xyz <= ext).all()

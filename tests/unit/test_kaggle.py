@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from czii.cli import SUBCOMMANDS, main
-from czii.errors import ConfigError, DataError
+from czii.errors import BuildError, ConfigError, DataError
 from czii.kaggle import (
-    BuildError,
     WheelSource,
     WheelTarget,
     build_kaggle_dataset,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,15 +25,6 @@ from czii.report import (
 )
 
 SPACING_ZYX_A = (10.0, 10.0, 10.0)
-
-
-def assert_valid_png(path, min_bytes: int = 5_000) -> None:
-    """A PNG file of some size whose pixels are not a single flat colour."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
-    assert len(data) > min_bytes, (path, len(data))
-    pixels = matplotlib.image.imread(path)
-    assert pixels.ndim == 3 and pixels[..., :3].std() > 0.02, path
 
 
 def _picks(rng, n: int, run: str, with_score: bool) -> pd.DataFrame:
@@ -72,7 +62,7 @@ def _slab(rng) -> OverlaySlab:
                         thresholds_origin="cross-fitted")
 
 
-def test_threshold_curves_figure(tmp_path):
+def test_threshold_curves_figure(tmp_path, assert_valid_png):
     rng = np.random.default_rng(0)
     truth, candidates = _oof(rng, "TS_a")
     curves = class_curves(candidates, truth)
@@ -83,7 +73,7 @@ def test_threshold_curves_figure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left
 
 
-def test_training_curves_figure_skips_epochs_without_validation(tmp_path):
+def test_training_curves_figure_skips_epochs_without_validation(tmp_path, assert_valid_png):
     histories = {
         f"fold{k}": pd.DataFrame({"epoch": [1, 2, 3, 4], "train_loss": [0.9, 0.6, 0.5, 0.45 - 0.05 * k],
                                   "val_score": [np.nan, 0.3 + 0.1 * k, np.nan, 0.5], "lr": 1e-3, "seconds": 2.0})
@@ -133,7 +123,7 @@ def test_match_flags_follow_the_metric_radius_and_class():
     assert matched.tolist() == [True, False, False, True]
 
 
-def test_overlay_figure(tmp_path):
+def test_overlay_figure(tmp_path, assert_valid_png):
     assert_valid_png(plot_overlay(_slab(np.random.default_rng(3)), tmp_path / "overlay.png"))
 
 
@@ -149,7 +139,7 @@ def _run_dir(tmp_path, rng):
     return run_dir
 
 
-def test_build_report_rebuilds_what_the_saved_outputs_allow(tmp_path):
+def test_build_report_rebuilds_what_the_saved_outputs_allow(tmp_path, assert_valid_png):
     run_dir = _run_dir(tmp_path, np.random.default_rng(4))
     with pytest.raises(DataError, match="thresholds.json not found"):
         build_report(run_dir)

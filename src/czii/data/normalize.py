@@ -7,13 +7,22 @@ values (a robust z-score). The result does not depend on the raw scale or offset
 ``a > 0``, ``normalize_volume(a * v + b) == normalize_volume(v)`` up to float rounding.
 Statistics come from every second voxel along each axis (an eighth of the voxels), which
 keeps a 184×630×630 tomogram to about a second on one core.
+
+:func:`load_run_input` builds a model's input from a run: one normalised channel per
+tomogram type, stacked; training (:func:`czii.training.data.load_input`) and inference
+(:mod:`czii.inference.pipeline`) both use it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+from czii.errors import DataError
+
+if TYPE_CHECKING:
+    from czii.data.dataset import Dataset
 
 DEFAULT_CLIP_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
@@ -33,3 +42,30 @@ def normalize_volume(data: np.ndarray, clip_percentiles: Sequence[float] = DEFAU
     if std > 0:
         out *= np.float32(1.0 / std)
     return out
+
+
+def load_run_input(
+    dataset: Dataset,
+    run: str,
+    input_channels: Sequence[str],
+    *,
+    level: int = 0,
+    clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Normalised float32 ``[C_in, Z, Y, X]`` model input of ``run`` (one channel per tomogram type, in the
+    order of ``input_channels``) and its spacing; DataError when the channels differ in shape or spacing."""
+    channels: list[np.ndarray] = []
+    spacing_zyx_A: tuple[float, float, float] | None = None
+    for tomo_type in input_channels:
+        vol = dataset.tomogram(run, tomo_type=tomo_type, level=level)
+        aligned = not channels or (
+            vol.data.shape == channels[0].shape and np.allclose(vol.spacing_zyx_A, spacing_zyx_A, rtol=1e-4)
+        )
+        if not aligned:
+            raise DataError(
+                f"run {run!r}: tomogram {tomo_type!r} has shape {vol.data.shape} at {vol.spacing_zyx_A} Å, but "
+                f"{input_channels[0]!r} has {channels[0].shape} at {spacing_zyx_A} Å; input channels must align"
+            )
+        channels.append(normalize_volume(vol.data, clip_percentiles))
+        spacing_zyx_A = vol.spacing_zyx_A
+    return np.stack(channels), spacing_zyx_A

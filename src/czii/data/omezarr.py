@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,6 +20,7 @@ import zarr
 from numcodecs import Blosc
 
 from czii.errors import DataError
+from czii.io import temp_sibling
 
 CHUNKS_ZYX = (256, 256, 256)
 COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE, blocksize=0)
@@ -74,7 +74,7 @@ def write_ome_zarr(
     vol = np.ascontiguousarray(volume_zyx, dtype=np.float32)
     if vol.ndim != 3:
         raise ValueError(f"volume must be 3-D z,y,x, got shape {vol.shape}")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_sibling(path)
     try:
         with _single_threaded_blosc():
             _write_levels(tmp, vol, spacing_zyx_A, n_levels)

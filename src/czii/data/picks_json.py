@@ -10,13 +10,12 @@ Coordinates are x, y, z in Ångström.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from czii.errors import DataError
+from czii.io import atomic_write_text
 
 _IDENTITY = [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
 
@@ -48,11 +47,7 @@ def picks_document(
 
 def write_picks_json(path: str | Path, document: dict) -> None:
     """Write a picks document atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(document))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(document))
 
 
 def read_picks_json(path: str | Path) -> tuple[str, np.ndarray]:

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -66,6 +65,7 @@ from czii.data.sim_scene import (
     render_density,
 )
 from czii.errors import ConfigError
+from czii.io import temp_sibling
 from czii.particles import PARTICLE_NAMES, PARTICLES
 
 DEFAULT_REAL_PICKS_CSV = str(Path(__file__).parent / "reference" / "train_picks.csv")
@@ -386,8 +386,7 @@ def simulate_dataset(
     _check_destination(out_dir, overwrite)
     real = load_real_picks(config.real_picks_csv) if config.layout == "real" else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    tmp, old = temp_sibling(out_dir), temp_sibling(out_dir, "old")
     try:
         tmp.mkdir()
         result = _build(tmp, out_dir, config, real, progress)

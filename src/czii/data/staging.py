@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import copick
 from copick.util.escape import sanitize_name
 
 from czii.errors import DataError
+from czii.io import atomic_write_bytes, atomic_write_text
 from czii.particles import PARTICLE_NAMES, PARTICLES
 from czii.data.picks_json import read_picks_json
 
@@ -67,13 +67,6 @@ def default_workdir(split_dir: Path) -> Path:
     key = hashlib.sha256(str(split_dir.resolve()).encode()).hexdigest()[:16]
     base = Path(os.environ.get("CZII_CACHE") or Path.home() / ".cache" / "czii")
     return base / f"kaggle-{split_dir.name}-{key}"
-
-
-def _write_atomic(dst: Path, data: bytes) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dst)
 
 
 def _pickable_objects(extra_names: set[str]) -> list[dict]:
@@ -121,7 +114,7 @@ def stage_kaggle_split(split_dir: Path, workdir: Path, input_root: Path) -> Path
         if old not in staged:
             old.unlink(missing_ok=True)
     for dst, src in staged.items():
-        _write_atomic(dst, src.read_bytes())
+        atomic_write_bytes(dst, src.read_bytes())
     config = {
         "config_type": "filesystem",
         "name": f"czii Kaggle {split_dir.name}",
@@ -132,5 +125,5 @@ def stage_kaggle_split(split_dir: Path, workdir: Path, input_root: Path) -> Path
         "overlay_root": f"local://{workdir / 'overlay'}",
     }
     config_path = workdir / CONFIG_NAME
-    _write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
     return config_path

@@ -10,7 +10,6 @@ from czii.inference.ensemble import EnsembleMember, check_compatible, predict_vo
 from czii.inference.pipeline import (
     InferenceResult,
     ModelSource,
-    load_run_input,
     manifest_path,
     resolve_models,
     run_inference,
@@ -32,7 +31,6 @@ __all__ = [
     "check_compatible",
     "gather_outcomes",
     "invert_tta",
-    "load_run_input",
     "manifest_path",
     "plan_tiles",
     "predict_volume",

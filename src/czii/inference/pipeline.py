@@ -15,7 +15,8 @@ Contract of :func:`run_inference` (what ``czii infer`` and the Kaggle notebook c
   directory's ``thresholds.json`` > :data:`czii.postprocess.thresholds.DEFAULT_THRESHOLDS` (a note
   is printed).
 - Per run: every input channel (tomogram type) at the members' level, each normalised with
-  :func:`czii.data.normalize.normalize_volume`, stacked ``[C_in, Z, Y, X]`` →
+  :func:`czii.data.normalize.normalize_volume`, stacked ``[C_in, Z, Y, X]``
+  (:func:`czii.data.normalize.load_run_input`, as training reads it) →
   :func:`czii.inference.predict_volume` → :func:`czii.postprocess.peaks.detect_peaks`.
 - Output: ``out_csv`` (validated against each run's extent) and ``<out_csv>.manifest.json``, both
   written atomically after everything succeeded; with ``copick_user`` the scored picks also go to
@@ -29,11 +30,9 @@ Contract of :func:`run_inference` (what ``czii infer`` and the Kaggle notebook c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,26 +41,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import yaml
 from tqdm import tqdm
 
-from czii.config import InferConfig, PostprocessConfig, atomic_write_text
+from czii import distributed as ddp
+from czii.config import InferConfig, PostprocessConfig
 from czii.data import Dataset, open_dataset
-from czii.data.normalize import DEFAULT_CLIP_PERCENTILES, normalize_volume
+from czii.data.normalize import DEFAULT_CLIP_PERCENTILES, load_run_input
 from czii.errors import ConfigError, DataError
 from czii.geometry import extent_xyz_A
 from czii.inference.ensemble import EnsembleMember, check_compatible, predict_volume
 from czii.inference.sharding import gather_outcomes, shard_runs
 from czii.inference.tiling import BLEND_MODES
 from czii.inference.tta import resolve_tta
-from czii.models import load_checkpoint
+from czii.io import atomic_write_text, git_commit, sha256_file
+from czii.models import ensemble_member, load_checkpoint
 from czii.postprocess.peaks import METHODS, PICK_COLUMNS, detect_peaks
 from czii.postprocess.thresholds import DEFAULT_THRESHOLDS, load_thresholds, resolve_thresholds
 from czii.submission import to_submission, validate_submission, write_submission
-from czii.training import distributed as ddp
 
 MANIFEST_SUFFIX = ".manifest.json"
 INFER_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(InferConfig))
@@ -214,7 +213,7 @@ def resolve_models(spec: str | Path | Sequence[str | Path]) -> ModelSource:
 
 
 @dataclass
-class _Ensemble:
+class LoadedEnsemble:
     """Loaded members and everything else that turns one run into picks."""
 
     members: list[EnsembleMember]
@@ -235,22 +234,25 @@ class _Ensemble:
         return self.members[0].input_channels
 
 
-def _load_ensemble(
+def load_ensemble(
     source: ModelSource, tta: str | Sequence[str] | None, thresholds: Mapping[str, float], thresholds_origin: str,
     device: torch.device,
-) -> _Ensemble:
+) -> LoadedEnsemble:
+    """Load every member of ``source`` on ``device`` and resolve the settings, refusing impossible ones.
+
+    Members must agree on classes, input channels, pyramid level and normalisation; ``tta``
+    overrides the saved/YAML setting; ``thresholds`` (from :func:`find_thresholds`, named by
+    ``thresholds_origin`` in errors) are checked against the members' classes.
+    """
     members, metas = [], []
     for path, weight in zip(source.checkpoints, source.weights):
         model, meta = load_checkpoint(path, device)
-        members.append(EnsembleMember(
-            model=model, classes=tuple(meta["classes"]), input_channels=tuple(meta["input_channels"]),
-            activation=meta["activation"], weight=weight, stride=int(meta["stride"]), name=str(path),
-        ))
+        members.append(ensemble_member(model, meta, weight=weight, name=str(path)))
         metas.append(meta)
     check_compatible(members)
     level, clip_percentiles = _input_recipe(members, metas)
     infer, post = _settings(metas[0], source.settings, tta, members[0].name)
-    return _Ensemble(
+    return LoadedEnsemble(
         members=members, metas=metas, level=level, clip_percentiles=clip_percentiles, infer=infer, post=post,
         tta_names=_check_settings(infer, post, members),
         thresholds=resolve_thresholds(thresholds, list(members[0].classes), f"thresholds from {thresholds_origin}"),
@@ -311,9 +313,12 @@ def _check_settings(infer: InferConfig, post: PostprocessConfig, members: Sequen
     return tta_names
 
 
-def _thresholds(given: str | Path | Mapping[str, float] | None, source: ModelSource) -> tuple[dict[str, float], str]:
-    """(thresholds, where they came from), by the precedence in the module docstring; checked against the
-    classes only once the models are loaded."""
+def find_thresholds(
+    given: str | Path | Mapping[str, float] | None, source: ModelSource
+) -> tuple[dict[str, float], str]:
+    """(thresholds, where they came from) by the precedence in the module docstring: ``given`` (a file or a
+    mapping), ``source``'s thresholds file, else the defaults (origin :data:`DEFAULT_THRESHOLDS_ORIGIN`).
+    Checked against the classes only once the models are loaded (:func:`load_ensemble`)."""
     if isinstance(given, Mapping):
         return dict(given), "thresholds argument"
     if given is not None:
@@ -355,61 +360,11 @@ def _check_tomogram_types(dataset: Dataset, runs: Sequence[str], input_channels:
                             f"{', '.join(input_channels)}); types present: {', '.join(present)}")
 
 
-def load_run_input(
-    dataset: Dataset,
-    run: str,
-    input_channels: Sequence[str],
-    *,
-    level: int = 0,
-    clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
-) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Normalised float32 ``[C_in, Z, Y, X]`` model input of ``run`` (one channel per tomogram type) and its spacing."""
-    channels: list[np.ndarray] = []
-    spacing_zyx_A: tuple[float, float, float] | None = None
-    for tomo_type in input_channels:
-        vol = dataset.tomogram(run, tomo_type=tomo_type, level=level)
-        aligned = not channels or (
-            vol.data.shape == channels[0].shape and np.allclose(vol.spacing_zyx_A, spacing_zyx_A, rtol=1e-4)
-        )
-        if not aligned:
-            raise DataError(
-                f"run {run!r}: tomogram {tomo_type!r} has shape {vol.data.shape} at {vol.spacing_zyx_A} Å, but "
-                f"{input_channels[0]!r} has {channels[0].shape} at {spacing_zyx_A} Å; input channels must align"
-            )
-        channels.append(normalize_volume(vol.data, clip_percentiles))
-        spacing_zyx_A = vol.spacing_zyx_A
-    return np.stack(channels), spacing_zyx_A
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _git_commit() -> str | None:
-    """HEAD of the git checkout holding this code, or None (no git, or an installed package)."""
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = proc.stdout.strip()
-    return commit if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
-
-
 # --------------------------------------------------------------------------- the pipeline
 
 
 def _predict_run(
-    run: str, dataset: Dataset, ens: _Ensemble, device: torch.device, progress: bool
+    run: str, dataset: Dataset, ens: LoadedEnsemble, device: torch.device, progress: bool
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Scored picks of one run and its facts (shape, spacing, seconds per stage)."""
     t0 = time.perf_counter()
@@ -477,7 +432,7 @@ def run_inference(
     source = resolve_models(models)
     if tta is not None:
         resolve_tta(tta)
-    thr_values, thr_origin = _thresholds(thresholds, source)
+    thr_values, thr_origin = find_thresholds(thresholds, source)
     dataset = _open(data, split)
     selected = _select_runs(dataset, runs)
     if copick_user is not None:
@@ -485,7 +440,7 @@ def run_inference(
         dataset.write_picks(pd.DataFrame(columns=list(PICK_COLUMNS)), user_id=copick_user, session_id=copick_session)
     ctx = ddp.init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        ens = _load_ensemble(source, tta, thr_values, thr_origin, ctx.device)
+        ens = load_ensemble(source, tta, thr_values, thr_origin, ctx.device)
         _check_tomogram_types(dataset, selected, ens.input_channels)
         if thr_origin == DEFAULT_THRESHOLDS_ORIGIN and ctx.is_main:
             print(f"note: no thresholds file given or found with the models ({source.description}); using the "
@@ -511,7 +466,7 @@ def run_inference(
             "out_csv": str(out_csv),
             "models": source.description,
             "checkpoints": [
-                {"path": str(path), "sha256": _sha256(path), "weight": weight, "epoch": meta.get("epoch"),
+                {"path": str(path), "sha256": sha256_file(path), "weight": weight, "epoch": meta.get("epoch"),
                  "val_score": meta.get("val_score")}
                 for path, weight, meta in zip(source.checkpoints, source.weights, ens.metas)
             ],
@@ -523,7 +478,7 @@ def run_inference(
             "inference": {"infer": dataclasses.asdict(ens.infer), "postprocess": dataclasses.asdict(ens.post)},
             "tta": list(ens.tta_names),
             "data": {"source": str(data), "split": dataset.split, "runs": selected},
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "device": str(ctx.device),
             "world_size": ctx.world_size,
             "torch_version": torch.__version__,

@@ -19,7 +19,7 @@ from typing import TypeVar
 import torch.distributed as dist
 
 from czii.errors import CziiError
-from czii.training.distributed import DistContext
+from czii.distributed import DistContext
 
 T = TypeVar("T")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from czii.errors import ConfigError, DataError
+from czii.io import atomic_write_text
 from czii.particles import PARTICLE_NAMES, TOTAL_WEIGHT, get_particle
 
 BETA: float = 4.0
@@ -152,15 +152,7 @@ def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, float], *,
     thr = _check_threshold_map(thresholds, f"thresholds to save to {path}")
     doc = {"thresholds": thr, **report}
     doc.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def load_thresholds(path: str | os.PathLike) -> dict[str, float]:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from czii.config import Config, resolve_folds
 from czii.data import Dataset, open_dataset
-from czii.data.normalize import normalize_volume
-from czii.errors import ConfigError, CziiError, DataError
+from czii.data.normalize import load_run_input
+from czii.errors import ConfigError, CziiError
 from czii.geometry import xyz_A_to_zyx_vox
 from czii.training.augment import (
     SpatialAug,
@@ -64,11 +64,15 @@ def open_sources(config: Config, workdir: str | Path | None = None) -> dict[str,
     return datasets
 
 
+def fold_runs(config: Config, datasets: dict[str, Dataset]) -> list[list[str]]:
+    """The runs of each fold: the config's folds, else one fold per run of the first source."""
+    return resolve_folds(config) or [[run] for run in datasets[config.data.sources[0].name].runs()]
+
+
 def split_fold(config: Config, datasets: dict[str, Dataset], fold: int) -> FoldSplit:
     """The train/validation runs of ``fold`` (ConfigError for an unknown fold or run name)."""
     runs_of = {name: ds.runs() for name, ds in datasets.items()}
-    first = config.data.sources[0].name
-    folds = resolve_folds(config) or [[run] for run in runs_of[first]]
+    folds = fold_runs(config, datasets)
     if not 0 <= fold < len(folds):
         raise ConfigError(f"fold {fold} does not exist: the config has {len(folds)} folds (0..{len(folds) - 1})")
     every_run = {run for runs in runs_of.values() for run in runs}
@@ -88,16 +92,10 @@ def split_fold(config: Config, datasets: dict[str, Dataset], fold: int) -> FoldS
 
 
 def load_input(config: Config, dataset: Dataset, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Normalised ``[C_in, Z, Y, X]`` float32 input of ``run`` (one channel per tomogram type) and its spacing."""
-    channels, spacing = [], None
-    for tomo_type in config.data.input_channels:
-        vol = dataset.tomogram(run, tomo_type=tomo_type, level=config.data.level)
-        if channels and vol.data.shape != channels[0].shape:
-            raise DataError(f"run {run!r}: tomogram {tomo_type!r} has shape {vol.data.shape}, "
-                            f"but {config.data.input_channels[0]!r} has {channels[0].shape}")
-        channels.append(normalize_volume(vol.data, config.data.normalisation.clip_percentiles))
-        spacing = vol.spacing_zyx_A
-    return np.stack(channels), spacing
+    """Normalised ``[C_in, Z, Y, X]`` float32 input of ``run`` at the config's level, input channels and
+    normalisation (:func:`czii.data.normalize.load_run_input`, as inference reads it) and its spacing."""
+    return load_run_input(dataset, run, config.data.input_channels, level=config.data.level,
+                          clip_percentiles=config.data.normalisation.clip_percentiles)
 
 
 def class_picks(config: Config, dataset: Dataset, run: str) -> pd.DataFrame:

@@ -28,11 +28,11 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +41,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from czii.config import Config, atomic_write_text, config_hash, config_to_dict, save_resolved
+from czii import distributed as ddp
+from czii.config import Config, config_hash, config_to_dict, save_resolved
 from czii.errors import ConfigError
 from czii.inference import EnsembleMember, predict_volume
+from czii.io import atomic_write_text
 from czii.metric import score as metric_score
 from czii.models import build_model, output_channels, read_checkpoint, save_checkpoint, stride
 from czii.postprocess.peaks import detect_peaks
-from czii.training import distributed as ddp
 from czii.training.augment import mixup
 from czii.training.data import FoldSplit, PatchDataset, class_picks, load_input, load_runs, open_sources, split_fold
 from czii.training.losses import HeatmapLoss, activation_for
@@ -109,9 +110,19 @@ def _seed_everything(seed: int) -> None:
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, df.to_csv(index=False))
+
+
+def predict_probabilities(
+    members: Sequence[EnsembleMember], volume_czyx: np.ndarray, config: Config, device: torch.device
+) -> np.ndarray:
+    """Probabilities ``[C, Z, Y, X]`` of one held-out run at the validation settings (``val.tile_zyx``,
+    ``overlap``, ``batch_size``, ``tta``; Gaussian blending; autocast on CUDA unless ``train.amp`` is off)."""
+    return predict_volume(
+        members, volume_czyx, tile_zyx=tuple(config.val.tile_zyx), overlap=config.val.overlap, blend="gaussian",
+        batch_size=config.val.batch_size, tta=config.val.tta, device=device,
+        amp=device.type == "cuda" and config.train.amp != "off",
+    )
 
 
 def validate(
@@ -124,7 +135,6 @@ def validate(
         stride=stride(config.model),
         name="validation",
     )
-    amp = device.type == "cuda" and config.train.amp != "off"
     peak_kwargs = dict(
         method=config.val.peak_method,
         nms_radius_factor=config.postprocess.nms_radius_factor,
@@ -133,10 +143,7 @@ def validate(
     )
     picked, candidates = [], []
     for vr in val_runs:
-        probs = predict_volume(
-            [member], vr.volume, tile_zyx=tuple(config.val.tile_zyx), overlap=config.val.overlap, blend="gaussian",
-            batch_size=config.val.batch_size, tta=config.val.tta, device=device, amp=amp,
-        )
+        probs = predict_probabilities([member], vr.volume, config, device)
         picked.append(detect_peaks(probs, config.data.classes, vr.spacing_zyx_A, thresholds=config.val.thresholds,
                                    run=vr.run, **peak_kwargs))
         low = {c: config.val.oof_threshold for c in config.data.classes}

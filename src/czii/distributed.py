@@ -1,4 +1,4 @@
-"""Process-group plumbing for ``torchrun`` training (a single process needs none of it).
+"""Process-group plumbing for ``torchrun`` training and inference (a single process needs none of it).
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`init_distributed` joins the
 process group: NCCL with one GPU per local rank for CUDA, gloo for CPU. Rank 0 is the only
