@@ -92,9 +92,12 @@ ensemble: $(STAMP) ## assemble an ensemble from leaderboard ROWS="exp1 exp2" and
 kaggle: $(STAMP) ## build the offline Kaggle dataset folder from MODELS into KAGGLE_OUT
 	$(CZII) kaggle-build --models $(MODELS) --out $(KAGGLE_OUT)
 
-bench: $(STAMP) ## training and inference benchmarks on this machine → benchmarks/
-	$(BIN)/python benchmarks/bench_train.py --config $(CONFIG) $(DEVICE_ARG)
-	$(BIN)/python benchmarks/bench_inference.py $(DEVICE_ARG)
+$(WORK)/sim/copick_config.json: | $(STAMP)
+	$(CZII) simulate --out $(WORK)/sim --preset small --overwrite
+
+bench: $(STAMP) $(WORK)/sim/copick_config.json ## training throughput and full-tomogram inference time of CONFIG on this machine → benchmarks/results/
+	$(BIN)/python benchmarks/bench_train.py --config $(CONFIG) $(DEVICE_ARG) --out benchmarks/results/train_$(EXP).md
+	$(BIN)/python benchmarks/bench_inference.py --config $(CONFIG) $(DEVICE_ARG)
 
 clean: ## remove work/ outputs (keeps .venv)
 	rm -rf $(WORK)

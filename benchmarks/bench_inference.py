@@ -8,14 +8,17 @@ floor (FLOPs ÷ device peak). The peak comes from --peak-tflops, else a table of
 bf16/fp16 tensor-core figures for known GPUs, else (CPU) a measured fp32 GEMM rate.
 Writes ``<out-dir>/inference_<UTC time>.json`` and appends a row to ``<out-dir>/inference.md``.
 
-Example: python benchmarks/bench_inference.py --device cpu --shape 184 630 630 --encoder resnet18
+With ``--config`` the model, tile, overlap, batch size, TTA and pyramid level come from that
+experiment config, and the volume is a full 184×630×630 tomogram at the config's level.
+
+Examples: python benchmarks/bench_inference.py --config configs/cpu_tiny.yaml
+          python benchmarks/bench_inference.py --device cpu --shape 184 630 630 --encoder resnet18
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import time
@@ -26,7 +29,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from czii.config import ModelConfig
+from czii.config import ModelConfig, load_config
+from czii.data.sim_scene import REAL_SHAPE_ZYX
+from czii.io import atomic_write_text
 from czii.inference import EnsembleMember, plan_tiles, predict_volume, resolve_tta
 from czii.models import build_model, stride
 from czii.particles import PARTICLE_NAMES
@@ -44,8 +49,10 @@ MD_HEADER = (
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--shape", type=int, nargs=3, default=[184, 630, 630], metavar=("Z", "Y", "X"))
+    p.add_argument("--config", type=Path, help="take model, tiling, TTA and level from this experiment config")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="volume shape (default: a full 184×630×630 tomogram at the config's level)")
     p.add_argument("--encoder", default="resnet18")
     p.add_argument("--depth", type=int, default=5, help="encoder depth (stride 2**depth)")
     p.add_argument("--decoder-channels", type=int, nargs="+", default=None,
@@ -55,18 +62,33 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--blend", default="gaussian")
     p.add_argument("--members", type=int, default=2, help="ensemble size for the ensemble × TTA run")
-    p.add_argument("--tta", default="flips", help="TTA preset or comma-separated names for the ensemble run")
+    p.add_argument("--tta", default=None, help="TTA preset or comma-separated names for the ensemble run "
+                   "(default: the config's infer.tta, else flips)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak used for the FLOP floor")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    return p.parse_args()
+    args = p.parse_args()
+    level = 0
+    if args.config:
+        config = load_config(args.config)
+        args.model_cfg = config.model
+        args.tile, args.overlap = config.infer.tile_zyx, config.infer.overlap
+        args.batch_size, args.blend = config.infer.batch_size, config.infer.blend
+        args.tta = args.tta or config.infer.tta
+        level = config.data.level
+    else:
+        args.model_cfg = ModelConfig(encoder_name=args.encoder, encoder_depth=args.depth,
+                                     decoder_channels=args.decoder_channels or [256, 128, 64, 32, 16][: args.depth],
+                                     decoder_attention_type=None)
+    args.tta = args.tta or "flips"
+    args.encoder, args.depth = args.model_cfg.encoder_name, args.model_cfg.encoder_depth
+    args.shape = args.shape or [-(-side // 2**level) for side in REAL_SHAPE_ZYX]
+    return args
 
 
 def build_members(args: argparse.Namespace, n: int) -> list[EnsembleMember]:
-    decoder = args.decoder_channels or [256, 128, 64, 32, 16][: args.depth]
-    cfg = ModelConfig(encoder_name=args.encoder, encoder_depth=args.depth, decoder_channels=decoder,
-                      decoder_attention_type=None)
+    cfg = args.model_cfg
     members = []
     for seed in range(n):
         torch.manual_seed(seed)
@@ -157,9 +179,7 @@ def main() -> None:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.out_dir / f"inference_{stamp}.json"
-    tmp = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
     md_path = args.out_dir / "inference.md"
     row = (
         f"| {stamp} | {device_name} | {'×'.join(map(str, args.shape))} | {args.encoder} d{args.depth} "
