@@ -57,11 +57,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=5, help="encoder depth (stride 2**depth)")
     p.add_argument("--decoder-channels", type=int, nargs="+", default=None,
                    help="default: the first DEPTH of 256 128 64 32 16")
-    p.add_argument("--tile", type=int, nargs=3, default=[64, 128, 128], metavar=("Z", "Y", "X"))
+    p.add_argument("--tile", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="tile side (default: the config's infer.tile_zyx, else 64 128 128)")
     p.add_argument("--overlap", type=float, default=0.25)
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: config, else 2)")
     p.add_argument("--blend", default="gaussian")
-    p.add_argument("--members", type=int, default=2, help="ensemble size for the ensemble × TTA run")
+    p.add_argument("--members", type=int, default=2, help="ensemble size for the ensemble × TTA run (0: skip it)")
     p.add_argument("--tta", default=None, help="TTA preset or comma-separated names for the ensemble run "
                    "(default: the config's infer.tta, else flips)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
@@ -73,8 +74,9 @@ def parse_args() -> argparse.Namespace:
     if args.config:
         config = load_config(args.config)
         args.model_cfg = config.model
-        args.tile, args.overlap = config.infer.tile_zyx, config.infer.overlap
-        args.batch_size, args.blend = config.infer.batch_size, config.infer.blend
+        args.tile = args.tile or config.infer.tile_zyx
+        args.batch_size = args.batch_size or config.infer.batch_size
+        args.overlap, args.blend = config.infer.overlap, config.infer.blend
         args.tta = args.tta or config.infer.tta
         level = config.data.level
     else:
@@ -82,6 +84,8 @@ def parse_args() -> argparse.Namespace:
                                      decoder_channels=args.decoder_channels or [256, 128, 64, 32, 16][: args.depth],
                                      decoder_attention_type=None)
     args.tta = args.tta or "flips"
+    args.tile = args.tile or [64, 128, 128]
+    args.batch_size = args.batch_size or 2
     args.encoder, args.depth = args.model_cfg.encoder_name, args.model_cfg.encoder_depth
     args.shape = args.shape or [-(-side // 2**level) for side in REAL_SHAPE_ZYX]
     return args
@@ -144,7 +148,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     tta = resolve_tta(args.tta if "," not in args.tta else args.tta.split(","))
-    members = build_members(args, args.members)
+    members = build_members(args, max(args.members, 1))
     volume = np.random.default_rng(0).normal(size=(1, *args.shape)).astype(np.float32)
     plan = plan_tiles(tuple(args.shape), tuple(args.tile), args.overlap, members[0].stride)
     flops = flops_per_pass(members[0].model, plan.tile_zyx, device)
@@ -156,11 +160,10 @@ def main() -> None:
     baseline_rss_MB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     single = timed_run(members[:1], volume, device, ("identity",), args)
-    ensemble = timed_run(members, volume, device, tta, args)
+    ensemble = timed_run(members, volume, device, tta, args) if args.members else None
     voxels = int(np.prod(args.shape))
-    passes_single = plan.n_tiles
-    passes_ensemble = plan.n_tiles * len(members) * len(tta)
-    for run, passes in ((single, passes_single), (ensemble, passes_ensemble)):
+    runs = [(single, plan.n_tiles)] + ([(ensemble, plan.n_tiles * len(members) * len(tta))] if ensemble else [])
+    for run, passes in runs:
         run["passes"] = passes
         run["voxels_per_s"] = voxels / run["seconds"]
         run["flops"] = flops * passes
@@ -173,7 +176,7 @@ def main() -> None:
     record = {
         "date_utc": stamp, "device": device_name, "torch": torch.__version__, "shape_zyx": args.shape,
         "encoder": args.encoder, "depth": args.depth, "tile_zyx": list(plan.tile_zyx), "overlap": args.overlap,
-        "batch_size": args.batch_size, "blend": args.blend, "amp": args.amp, "members": len(members),
+        "batch_size": args.batch_size, "blend": args.blend, "amp": args.amp, "members": args.members,
         "tta": list(tta), "tiles": plan.n_tiles, "flops_per_pass": flops, "peak_flops": peak_flops,
         "peak_source": peak_source, "baseline_rss_MB": baseline_rss_MB, "single": single, "ensemble": ensemble,
     }
@@ -181,13 +184,14 @@ def main() -> None:
     json_path = args.out_dir / f"inference_{stamp}.json"
     atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
     md_path = args.out_dir / "inference.md"
+    ens = ensemble or {"seconds": float("nan"), "peak_MB": float("nan"), "ratio_to_floor": float("nan")}
     row = (
         f"| {stamp} | {device_name} | {'×'.join(map(str, args.shape))} | {args.encoder} d{args.depth} "
         f"| {'×'.join(map(str, plan.tile_zyx))} / {args.overlap} / {args.batch_size} | {args.amp} "
-        f"| {len(members)} × {len(tta)} | {single['seconds']:.1f} | {ensemble['seconds']:.1f} "
-        f"| {single['voxels_per_s'] / 1e6:.2f} | {single['peak_MB']:.0f} / {ensemble['peak_MB']:.0f} "
+        f"| {args.members} × {len(tta)} | {single['seconds']:.1f} | {ens['seconds']:.1f} "
+        f"| {single['voxels_per_s'] / 1e6:.2f} | {single['peak_MB']:.0f} / {ens['peak_MB']:.0f} "
         f"| {flops / 1e9:.1f} | {peak_flops / 1e12:.2f} ({peak_source}) "
-        f"| {single['ratio_to_floor']:.1f} / {ensemble['ratio_to_floor']:.1f} |\n"
+        f"| {single['ratio_to_floor']:.1f} / {ens['ratio_to_floor']:.1f} |\n"
     )
     with md_path.open("a") as md:
         if md_path.stat().st_size == 0:

@@ -127,6 +127,26 @@ def test_cli_infer_kaggle_test_split_writes_submission_and_manifest(tiny_sim, ck
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.csv", "tiny.csv.manifest.json"]
 
 
+def test_cli_tile_and_batch_size_override_the_saved_settings(tiny_sim, ckpts, tmp_path, cache, capsys):
+    run_dir = ckpts["fold0"].parents[2]
+    out = tmp_path / "small_tiles.csv"
+    rc = main(["infer", "--models", str(run_dir), "--data", str(tiny_sim.kaggle_dir), "--out", str(out),
+               "--device", "cpu", "--tile", "32", "32", "32", "--batch-size", "3"])
+    assert rc == 0
+    infer = json.loads(manifest_path(out).read_text())["inference"]["infer"]
+    assert infer["tile_zyx"] == [32, 32, 32] and infer["batch_size"] == 3
+    dataset = open_dataset(tiny_sim.kaggle_dir, split="test")
+    probs = reference_probs([ckpts["fold0"], ckpts["fold1"]], [1, 1], dataset, dataset.runs(), tta="none",
+                            tile_zyx=(32, 32, 32), overlap=0.25)
+    assert_same_table(read_submission(out), reference(probs, thresholds=DEFAULT_THRESHOLDS, post=SAVED_POST))
+
+    bad = tmp_path / "bad_tile.csv"
+    capsys.readouterr()
+    assert main(["infer", "--models", str(run_dir), "--data", str(tiny_sim.kaggle_dir), "--out", str(bad),
+                 "--device", "cpu", "--tile", "0", "32", "32"]) == 2
+    assert "tile" in capsys.readouterr().err and not bad.exists()
+
+
 def test_run_dir_thresholds_json_and_flips_tta(tiny_sim, ckpts, tmp_path):
     assert resolve_models(ckpts["fold0"].parents[2]).thresholds_path is None
     # a one-fold run directory with a tuned thresholds file

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the checkpoint's infer.tta")
     parser.add_argument("--thresholds", metavar="FILE",
                         help="thresholds JSON from `czii tune` (default: the models' thresholds.json, else defaults)")
+    parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help="sliding-window tile (multiples of the network stride; default: the checkpoint's "
+                             "infer.tile_zyx); e.g. 64 128 128 keeps a full tomogram under 8 GB of RAM on CPU")
+    parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: the checkpoint's)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_inference(
         args.models, args.data, split=args.split, runs=args.runs, out_csv=args.out, tta=tta,
         thresholds=args.thresholds, device=args.device, copick_user=args.copick_user,
-        copick_session=args.copick_session,
+        copick_session=args.copick_session, tile_zyx=args.tile, batch_size=args.batch_size,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.manifest

@@ -416,11 +416,14 @@ def run_inference(
     copick_user: str | None = None,
     copick_session: str = "0",
     progress: bool = True,
+    tile_zyx: Sequence[int] | None = None,
+    batch_size: int | None = None,
 ) -> InferenceResult:
     """Predict ``runs`` (default: all) of ``data`` with ``models`` and write ``out_csv`` + manifest.
 
     ``split`` selects the split of a Kaggle competition directory (a copick config or a split
-    folder is used as it is). ``tta`` overrides the preset/transforms of the saved config,
+    folder is used as it is). ``tta``, ``tile_zyx`` and ``batch_size`` override the saved config and
+    the ensemble YAML (smaller tiles bound the memory of CPU runs); ``tta`` replaces the preset/transforms,
     ``thresholds`` (a thresholds JSON or a class → threshold mapping) those found with the
     models, ``device`` defaults to CUDA when available. See the module docstring.
     """
@@ -430,6 +433,10 @@ def run_inference(
         raise ConfigError(f"output {out_csv} is a directory; give a CSV file path, e.g. submissions/<name>.csv")
     # everything that needs no model is checked first: building models takes a while
     source = resolve_models(models)
+    cli_settings = {"tile_zyx": list(tile_zyx) if tile_zyx else None, "batch_size": batch_size}
+    source = dataclasses.replace(
+        source, settings={**source.settings, **{k: v for k, v in cli_settings.items() if v is not None}}
+    )
     if tta is not None:
         resolve_tta(tta)
     thr_values, thr_origin = find_thresholds(thresholds, source)
