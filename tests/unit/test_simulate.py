@@ -18,7 +18,9 @@ from czii.data.picks_json import picks_document, read_picks_json, write_picks_js
 from czii.data.sim_imaging import TOMO_TYPES
 from czii.data.sim_scene import particle_density, random_rotation
 from czii.data.simulate import PORTAL_OBJECT_NAMES, SimConfig, simulate_dataset
+from czii.config import load_config, with_data_paths
 from czii.errors import ConfigError
+from czii.training.data import fold_runs, open_sources, split_fold
 from czii.geometry import extent_xyz_A, xyz_A_to_zyx_vox
 from czii.particles import BY_NAME, PARTICLE_NAMES, PARTICLES
 
@@ -349,6 +351,22 @@ def test_real_layout_replicates_a_real_run(tmp_path):
     for (x, y, z), name in zip(sim[["x", "y", "z"]].to_numpy(), sim["particle_type"]):
         candidates = mapped[(real["particle_type"] == name).to_numpy()]
         assert np.min(np.linalg.norm(candidates - [x, y, z], axis=1)) < 0.01
+
+
+def test_real_layout_names_training_runs_after_the_real_runs_so_real_configs_fit(tmp_path):
+    config = _tiny(n_train=8, n_test=1, types=("denoised",), layout="real", shape_zyx=(32, 64, 64))
+    result = simulate_dataset(tmp_path / "rehearsal", config, progress=False)
+    real_runs = sorted(pd.read_csv(config.real_picks_csv)["experiment"].unique())
+    assert result.train_runs == (*real_runs, f"{real_runs[0]}_sim1")
+    assert [result.run_params[r]["real_source"]["run"] for r in result.train_runs] == [*real_runs, real_runs[0]]
+    real7 = load_config(Path(__file__).parents[2] / "configs" / "real7.yaml")
+    real7 = with_data_paths(real7, [str(result.kaggle_dir)])
+    datasets = open_sources(real7, workdir=tmp_path / "work")
+    folds = fold_runs(real7, datasets)
+    assert sorted(run for fold in folds for run in fold) == real_runs
+    split = split_fold(real7, datasets, 0)
+    assert split.val == [("real", run) for run in folds[0]]
+    assert sorted(run for _, run in split.train) == sorted(set(result.train_runs) - set(folds[0]))
 
 
 def test_config_validation_names_the_problem():

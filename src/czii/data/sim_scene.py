@@ -223,7 +223,8 @@ class Scene:
     def picks(self, run: str) -> pd.DataFrame:
         """Truth picks ``experiment, particle_type, x, y, z`` (Å, rounded to 1 mÅ like the real files)."""
         rows = [(run, b.kind, *np.round(b.center_xyz_A, 3)) for b in self.particles]
-        return pd.DataFrame(rows, columns=["experiment", "particle_type", "x", "y", "z"])
+        table = pd.DataFrame(rows, columns=["experiment", "particle_type", "x", "y", "z"])
+        return table.astype({"experiment": object, "particle_type": object, "x": float, "y": float, "z": float})
 
     def counts(self) -> dict[str, int]:
         kinds = [b.kind for b in self.particles]

@@ -29,7 +29,8 @@ Choices worth knowing:
 Particle counts (``layout="random"``) are Poisson around the mean real density (curated picks
 per real 184×630×630 run, scaled to the volume and by ``density_scale``), at least
 ``min_per_class``. ``layout="real"`` replicates the picks of a real training run instead (run
-``i`` uses real run ``i mod 7``; see :func:`czii.data.sim_scene.place_real_particles`).
+``i`` uses real run ``i mod 7`` and, for training runs, takes its name; see
+:func:`czii.data.sim_scene.place_real_particles`).
 Scene and imaging models: :mod:`czii.data.sim_scene`, :mod:`czii.data.sim_imaging`.
 """
 
@@ -335,8 +336,20 @@ def _copick_config(config: SimConfig, out_dir: Path) -> dict:
     }
 
 
+def _train_run_names(n_train: int, real: pd.DataFrame | None) -> tuple[str, ...]:
+    """``TS_sim_00``…; with a real layout, training run ``i`` takes the name of the real run it replicates
+    (``TS_5_4``…, ``TS_5_4_sim1`` once every real run is used), so configs written for the real runs
+    (their folds name them) run unchanged on the simulated rehearsal."""
+    if real is None:
+        return tuple(f"TS_sim_{i:02d}" for i in range(n_train))
+    sources = sorted(real["experiment"].unique())
+    return tuple(
+        sources[i % len(sources)] + (f"_sim{i // len(sources)}" if i >= len(sources) else "") for i in range(n_train)
+    )
+
+
 def _build(tmp: Path, out_dir: Path, config: SimConfig, real: pd.DataFrame | None, progress: bool | None) -> SimResult:
-    train_runs = tuple(f"TS_sim_{i:02d}" for i in range(config.n_train))
+    train_runs = _train_run_names(config.n_train, real)
     test_runs = tuple(f"TS_test_{i:02d}" for i in range(config.n_test))
     runs = [(r, "train") for r in train_runs] + [(r, "test") for r in test_runs]
     seeds = np.random.SeedSequence(config.seed).spawn(len(runs))
