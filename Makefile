@@ -17,6 +17,8 @@ MODELS ?= $(RUN)
 SUBMISSION ?= submissions/$(EXP).csv
 SOLUTION ?=
 ROWS ?=
+WEIGHTS ?=
+ENSEMBLE ?= ensemble
 KAGGLE_OUT ?= kaggle_dataset
 DEVICE ?=
 DATA_ARG = $(if $(DATA),--data $(DATA),)
@@ -86,10 +88,10 @@ leaderboard: $(STAMP) ## print submissions/leaderboard.csv, best first
 report: $(STAMP) ## rebuild the figures of RUN from its saved outputs
 	$(CZII) report --run-dir $(RUN)
 
-ensemble: $(STAMP) ## assemble an ensemble from leaderboard ROWS="exp1 exp2" and score it out-of-fold
-	$(CZII) ensemble --rows $(ROWS) --out $(WORK)/ensembles/ensemble.yaml
+ensemble: $(STAMP) ## assemble ENSEMBLE from leaderboard ROWS="exp1 exp2" [WEIGHTS="1 2"] and score it out-of-fold
+	$(CZII) ensemble --rows $(ROWS) $(if $(WEIGHTS),--weights $(WEIGHTS),) --out $(WORK)/ensembles/$(ENSEMBLE).yaml $(DATA_ARG) $(DEVICE_ARG)
 
-kaggle: $(STAMP) ## build the offline Kaggle dataset folder from MODELS into KAGGLE_OUT
+kaggle: $(STAMP) ## build the offline Kaggle dataset folder from MODELS (run dir, checkpoints or ensemble YAML) into KAGGLE_OUT
 	$(CZII) kaggle-build --models $(MODELS) --out $(KAGGLE_OUT)
 
 $(WORK)/sim/copick_config.json: | $(STAMP)
