@@ -459,16 +459,6 @@ def _validate(config: Config, origins: _Origins) -> None:
                    f"missing {missing_thr}, unknown {unknown_thr}")
 
 
-def config_from_dict(doc: dict, origin: str = "config") -> Config:
-    """Build and validate a :class:`Config` from a resolved mapping (e.g. the one stored in a checkpoint)."""
-    origins = _Origins()
-    origins.record(doc, origin)
-    _check_keys(Config, doc, "", origin)
-    config = _build(Config, doc, "", origins)
-    _validate(config, origins)
-    return config
-
-
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Load ``path`` with its ``base`` chain, apply ``key=value`` overrides, validate."""
     origins = _Origins()

@@ -19,7 +19,8 @@ import numpy as np
 Spacing = Union[float, Sequence[float], np.ndarray]
 
 
-def _spacing_zyx(spacing_zyx_A: Spacing) -> np.ndarray:
+def spacing_zyx(spacing_zyx_A: Spacing) -> np.ndarray:
+    """The spacing as a validated z, y, x float array (a scalar is isotropic)."""
     s = np.asarray(spacing_zyx_A, dtype=np.float64)
     if s.ndim == 0:
         s = np.repeat(s, 3)
@@ -40,16 +41,16 @@ def _points(arr, what: str) -> np.ndarray:
 def xyz_A_to_zyx_vox(xyz_A, spacing_zyx_A: Spacing) -> np.ndarray:
     """Pick coordinates (N, 3) x, y, z in Å → continuous voxel coordinates (N, 3) z, y, x."""
     xyz = _points(xyz_A, "xyz_A")
-    return xyz[:, ::-1] / _spacing_zyx(spacing_zyx_A)
+    return xyz[:, ::-1] / spacing_zyx(spacing_zyx_A)
 
 
 def zyx_vox_to_xyz_A(zyx_vox, spacing_zyx_A: Spacing) -> np.ndarray:
     """Voxel coordinates (N, 3) z, y, x (integer or sub-voxel) → pick coordinates (N, 3) x, y, z in Å."""
     zyx = _points(zyx_vox, "zyx_vox")
-    return (zyx * _spacing_zyx(spacing_zyx_A))[:, ::-1]
+    return (zyx * spacing_zyx(spacing_zyx_A))[:, ::-1]
 
 
 def extent_xyz_A(shape_zyx: Sequence[int], spacing_zyx_A: Spacing) -> np.ndarray:
     """Largest valid pick coordinate per axis (x, y, z in Å) of a volume: the last voxel centre plus half a voxel."""
     shape = np.asarray(shape_zyx, dtype=np.float64)
-    return ((shape - 0.5) * _spacing_zyx(spacing_zyx_A))[::-1]
+    return ((shape - 0.5) * spacing_zyx(spacing_zyx_A))[::-1]

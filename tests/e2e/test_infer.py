@@ -290,3 +290,13 @@ def test_refusals_name_the_problem_and_leave_no_output(case, tiny_sim, ckpts, tm
     lines = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and lines[-1].startswith("czii infer: error: ") and message in lines[-1]
     assert list(out.parent.iterdir()) == []
+
+
+def test_output_under_a_file_is_refused_before_any_prediction(tiny_sim, ckpts, tmp_path, cache, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    out = blocker / "sub" / "x.csv"
+    rc = main(["infer", "--models", str(ckpts["fold0"].parents[2]), "--data", str(tiny_sim.kaggle_dir),
+               "--out", str(out), "--device", "cpu"])
+    assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"] and blocker.read_text() == "x"

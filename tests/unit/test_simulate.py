@@ -372,6 +372,8 @@ def test_real_layout_names_training_runs_after_the_real_runs_so_real_configs_fit
 def test_config_validation_names_the_problem():
     with pytest.raises(ConfigError, match="types"):
         SimConfig(types=("denoised", "raw"))
+    with pytest.raises(ConfigError, match="the string 'wbp'"):
+        SimConfig(types="wbp")
     with pytest.raises(ConfigError, match="copick name"):
         SimConfig(object_names={"apo-ferritin": "ferritin_complex"})
     with pytest.raises(ConfigError, match="same name"):

@@ -42,8 +42,8 @@ from czii.data.staging import (
 )
 from czii.errors import ConfigError, DataError
 from czii.particles import BY_NAME, PARTICLE_NAMES
+from czii.submission import PICK_COLUMNS
 
-PICKS_COLUMNS = ("experiment", "particle_type", "x", "y", "z")
 KAGGLE_TOMO_TYPE = "denoised"
 NAN_POLICIES = ("error", "repair")
 
@@ -291,9 +291,9 @@ class Dataset:
                     "experiment": run, "particle_type": cls, "x": xyz_A[:, 0], "y": xyz_A[:, 1], "z": xyz_A[:, 2],
                 }))
         if not frames:
-            return pd.DataFrame({c: pd.Series(dtype=float if c in ("x", "y", "z") else object) for c in PICKS_COLUMNS})
+            return pd.DataFrame({c: pd.Series(dtype=float if c in ("x", "y", "z") else object) for c in PICK_COLUMNS})
         df = pd.concat(frames, ignore_index=True)
-        return df.sort_values(list(PICKS_COLUMNS), kind="mergesort").reset_index(drop=True)
+        return df.sort_values(list(PICK_COLUMNS), kind="mergesort").reset_index(drop=True)
 
     def _object_name(self, cls: str) -> str | None:
         """The project's object name for class ``cls``: the class itself or an alias of it; None if absent."""
@@ -310,9 +310,9 @@ class Dataset:
         where ``df`` has no rows, so a second call replaces the first. Everything is validated
         before anything is written; each file is written atomically.
         """
-        missing = [c for c in PICKS_COLUMNS if c not in df.columns]
+        missing = [c for c in PICK_COLUMNS if c not in df.columns]
         if missing:
-            raise DataError(f"write_picks: missing columns {missing}; expected {list(PICKS_COLUMNS)} (+ score)")
+            raise DataError(f"write_picks: missing columns {missing}; expected {list(PICK_COLUMNS)} (+ score)")
         _check_copick_id(user_id, "user_id")
         _check_copick_id(session_id, "session_id")
         if (user_id, session_id) == (TRUTH_USER_ID, TRUTH_SESSION_ID):

@@ -65,15 +65,14 @@ from czii.data.sim_scene import (
     place_real_particles,
     render_density,
 )
+from czii.data.staging import TRUTH_SESSION_ID, TRUTH_USER_ID
 from czii.errors import ConfigError
 from czii.io import temp_sibling
 from czii.particles import PARTICLE_NAMES, PARTICLES
+from czii.submission import SUBMISSION_COLUMNS
 
 DEFAULT_REAL_PICKS_CSV = str(Path(__file__).parent / "reference" / "train_picks.csv")
 TEST_TOMO_TYPE = "denoised"
-PICKS_USER_ID = "curation"
-PICKS_SESSION_ID = "0"
-SOLUTION_COLUMNS = ["id", "experiment", "particle_type", "x", "y", "z"]
 
 # Object names in the style of the CryoET Data Portal's simulated CZII dataset (copick-valid).
 PORTAL_OBJECT_NAMES: dict[str, str] = {
@@ -133,6 +132,8 @@ class SimConfig:
                 f"SimConfig: shape_zyx and spacing_zyx_A must be 3 numbers, "
                 f"got {self.shape_zyx!r}, {self.spacing_zyx_A!r}"
             ) from None
+        if isinstance(self.types, str):
+            raise ConfigError(f"SimConfig: types must be a list of tomogram types, got the string {self.types!r}")
         fix("types", tuple(self.types))
         fix("object_names", dict(self.object_names))
         fix("type_names", dict(self.type_names))
@@ -311,8 +312,8 @@ def _write_picks(root: Path, config: SimConfig, scene: Scene, run: str, kaggle: 
     for particle in PARTICLES:
         name = config.object_name(particle.name)
         xyz = [np.round(b.center_xyz_A, 3) for b in scene.particles if b.kind == particle.name]
-        document = picks_document(name, run, np.array(xyz).reshape(-1, 3), PICKS_USER_ID, PICKS_SESSION_ID)
-        filename = f"{name}.json" if kaggle else f"{PICKS_USER_ID}_{PICKS_SESSION_ID}_{name}.json"
+        document = picks_document(name, run, np.array(xyz).reshape(-1, 3), TRUTH_USER_ID, TRUTH_SESSION_ID)
+        filename = f"{name}.json" if kaggle else f"{TRUTH_USER_ID}_{TRUTH_SESSION_ID}_{name}.json"
         write_picks_json(picks_dir / filename, document)
 
 
@@ -380,7 +381,7 @@ def _build(tmp: Path, out_dir: Path, config: SimConfig, real: pd.DataFrame | Non
     solution = all_picks[all_picks["experiment"].isin(test_runs)].reset_index(drop=True)
     solution.insert(0, "id", np.arange(len(solution)))
     (tmp / "kaggle").mkdir(exist_ok=True)
-    solution[SOLUTION_COLUMNS].to_csv(tmp / "kaggle" / "solution.csv", index=False)
+    solution[list(SUBMISSION_COLUMNS)].to_csv(tmp / "kaggle" / "solution.csv", index=False)
     (tmp / "copick_config.json").write_text(json.dumps(_copick_config(config, out_dir), indent=4) + "\n")
     simulation = {"config": config.to_dict(), "train_runs": train_runs, "test_runs": test_runs, "runs": run_params}
     (tmp / "simulation.json").write_text(json.dumps(simulation, indent=2) + "\n")

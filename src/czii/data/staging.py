@@ -110,11 +110,11 @@ def stage_kaggle_split(split_dir: Path, workdir: Path, input_root: Path) -> Path
         staged[staged_runs / src.parent.parent.name / "Picks" / f"{TRUTH_USER_ID}_{TRUTH_SESSION_ID}_{name}.json"] = src
         names.add(name)
     staged_runs.mkdir(parents=True, exist_ok=True)
+    for dst, src in staged.items():
+        atomic_write_bytes(dst, src.read_bytes())
     for old in staged_runs.glob(f"*/Picks/{TRUTH_USER_ID}_{TRUTH_SESSION_ID}_*.json"):
         if old not in staged:
             old.unlink(missing_ok=True)
-    for dst, src in staged.items():
-        atomic_write_bytes(dst, src.read_bytes())
     config = {
         "config_type": "filesystem",
         "name": f"czii Kaggle {split_dir.name}",

@@ -431,6 +431,9 @@ def run_inference(
     out_csv = Path(out_csv)
     if out_csv.is_dir():
         raise ConfigError(f"output {out_csv} is a directory; give a CSV file path, e.g. submissions/<name>.csv")
+    blocker = next((p for p in out_csv.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"output {out_csv}: {blocker} is a file, not a folder")
     # everything that needs no model is checked first: building models takes a while
     source = resolve_models(models)
     cli_settings = {"tile_zyx": list(tile_zyx) if tile_zyx else None, "batch_size": batch_size}
@@ -495,9 +498,14 @@ def run_inference(
             "total_seconds": time.perf_counter() - started,
         }
         if ctx.is_main:
-            if copick_user is not None:
-                dataset.write_picks(picks, user_id=copick_user, session_id=copick_session)
             _write_outputs(out_csv, submission, manifest, **checks)
+            if copick_user is not None:
+                try:
+                    dataset.write_picks(picks, user_id=copick_user, session_id=copick_session)
+                except BaseException:
+                    out_csv.unlink(missing_ok=True)
+                    manifest_path(out_csv).unlink(missing_ok=True)
+                    raise
         return InferenceResult(submission=submission, manifest=manifest)
     finally:
         ddp.shutdown(ctx)

@@ -43,7 +43,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from czii.errors import ConfigError, DataError
-from czii.geometry import Spacing, zyx_vox_to_xyz_A
+from czii.geometry import Spacing, spacing_zyx, zyx_vox_to_xyz_A
 from czii.particles import get_particle
 from czii.postprocess.thresholds import check_classes, resolve_thresholds
 
@@ -81,8 +81,7 @@ def detect_peaks(
         raise ConfigError(f"nms_radius_factor must be > 0, got {nms_radius_factor!r}")
     if merge_factor is not None and not merge_factor > 0:
         raise ConfigError(f"merge_factor must be > 0 or None, got {merge_factor!r}")
-    # one voxel step along z, y, x expressed in Å (validates the spacing too)
-    step_zyx_A = zyx_vox_to_xyz_A(np.ones((1, 3)), spacing_zyx_A)[0, ::-1]
+    step_zyx_A = spacing_zyx(spacing_zyx_A)
 
     frames = []
     for c, name in enumerate(classes):

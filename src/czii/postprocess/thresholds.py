@@ -37,14 +37,13 @@ from scipy.spatial import cKDTree
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_write_text
 from czii.particles import PARTICLE_NAMES, TOTAL_WEIGHT, get_particle
+from czii.submission import PICK_COLUMNS
 
 BETA: float = 4.0
 # low and recall-oriented (winning solutions used 0.1–0.25; see docs/FIELD_NOTES)
 DEFAULT_THRESHOLDS: dict[str, float] = {name: 0.2 for name in PARTICLE_NAMES}
 
-TRUTH_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z")
-CANDIDATE_COLUMNS: tuple[str, ...] = TRUTH_COLUMNS + ("score",)
-CURVE_COLUMNS: tuple[str, ...] = ("threshold", "tp", "fp", "fn", "precision", "recall", "f_beta")
+CANDIDATE_COLUMNS: tuple[str, ...] = PICK_COLUMNS + ("score",)
 
 # class -> run -> (best candidate score per truth point (-inf: none in range), candidate scores)
 _Prepared = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
@@ -426,7 +425,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _check_picks(df: pd.DataFrame, what, with_score: bool) -> pd.DataFrame:
     """Validated copy with the needed columns: known classes, finite coordinates, scores in [0, 1]."""
-    need = list(CANDIDATE_COLUMNS if with_score else TRUTH_COLUMNS)
+    need = list(CANDIDATE_COLUMNS if with_score else PICK_COLUMNS)
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise DataError(f"{what}: missing columns {missing}; expected {need}, found {list(df.columns)}")
