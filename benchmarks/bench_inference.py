@@ -32,7 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from czii.config import ModelConfig, load_config
 from czii.data.sim_scene import REAL_SHAPE_ZYX
 from czii.io import atomic_write_text
-from czii.inference import EnsembleMember, plan_tiles, predict_volume, resolve_tta
+from czii.inference import EnsembleMember, plan_tiles, predict_volume
+from czii.registry import resolve_tta
 from czii.models import build_model, stride
 from czii.particles import PARTICLE_NAMES
 

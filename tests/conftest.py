@@ -11,13 +11,14 @@ import matplotlib.image
 import pytest
 import torch
 
-from czii.config import config_to_dict, load_config
+from czii.config import config_to_dict, load_config, save_resolved
 from czii.data.simulate import SimConfig, SimResult, simulate_dataset
 from czii.models import build_model, save_checkpoint, stride
 from czii.particles import PARTICLE_NAMES
+from czii.predictor import recipe, spec_from_config
 
 CPU_TINY = Path(__file__).resolve().parents[1] / "configs" / "cpu_tiny.yaml"
-TINY_CHECKPOINT_SETS = ["model.encoder_depth=1", "model.decoder_channels=[8]", "infer.tile_zyx=[32,96,96]",
+TINY_CHECKPOINT_SETS = ["data.level=0", "model.encoder_depth=1", "model.decoder_channels=[8]", "infer.tile_zyx=[32,96,96]",
                         "infer.tta=none"]
 
 
@@ -41,13 +42,30 @@ def _save_tiny_checkpoint(path: Path, seed: int, classes=PARTICLE_NAMES, input_c
         "normalisation": dataclasses.asdict(config.data.normalisation), "level": 0, "stride": stride(config.model),
         "state_dict": model.state_dict(), "ema_state_dict": None, "epoch": 1, "config": config_to_dict(config),
     })
+    if path.parent.name == "checkpoints" and path.parent.parent.name.startswith("fold"):
+        save_resolved(config, path.parents[2] / "config.yaml")  # as training writes it beside the folds
     return path
+
+
+def _write_oof_spec(oof_dir: Path, overrides: tuple[str, ...] = ()) -> str:
+    spec = spec_from_config(load_config(CPU_TINY, list(overrides)), [("best.pt", 1.0)])
+    oof_dir.mkdir(parents=True, exist_ok=True)
+    (oof_dir / "spec.json").write_text(json.dumps({"spec_hash": spec.hash, "spec": recipe(spec)}))
+    return spec.hash
+
+
+@pytest.fixture(scope="session")
+def write_oof_spec() -> Callable[..., str]:
+    """``write(oof_dir, overrides=()) -> spec hash``: the ``oof/spec.json`` that training's out-of-fold pass
+    writes, for the shipped spec of cpu_tiny with ``--set`` overrides (hand-made run directories)."""
+    return _write_oof_spec
 
 
 @pytest.fixture(scope="session")
 def save_tiny_checkpoint() -> Callable[..., Path]:
     """``save(path, seed, classes=PARTICLE_NAMES, input_channels=("denoised",)) -> path``: a random-weight
-    resnet18 depth-1 U-Net checkpoint (cpu_tiny config, sigmoid) carrying a resolved config, as training writes it."""
+    resnet18 depth-1 U-Net checkpoint (cpu_tiny config, sigmoid) carrying a resolved config, as training writes it;
+    at ``<run dir>/fold<K>/checkpoints/<name>.pt`` the run directory gets that ``config.yaml`` too."""
     return _save_tiny_checkpoint
 
 

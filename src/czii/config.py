@@ -28,6 +28,7 @@ import yaml
 from czii.errors import ConfigError
 from czii.io import atomic_write_text
 from czii.particles import BY_NAME, PARTICLE_NAMES
+from czii.registry import BLEND_MODES, ENCODERS, PEAK_METHODS, network_stride, resolve_tta
 
 
 @dataclass
@@ -132,7 +133,6 @@ class ValConfig:
     tile_zyx: list[int]
     overlap: float
     batch_size: int
-    peak_method: str
     oof_threshold: float
 
 
@@ -307,6 +307,15 @@ def _check_keys(cls, doc: Any, prefix: str, origin: str) -> None:
                     _check_keys(item_tp, item, f"{dotted}[{i}]", origin)
 
 
+def build_typed(cls, doc: dict, origin: str):
+    """``doc`` (read from ``origin``) as the dataclass ``cls``, with the strict rules of configs: an
+    unknown or missing key, or a wrong type, is a ConfigError naming the dotted key and ``origin``."""
+    _check_keys(cls, doc, "", origin)
+    origins = _Origins()
+    origins.record(doc, origin)
+    return _build(cls, doc, "", origins)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -320,17 +329,20 @@ def _deep_merge(base: dict, diff: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "config") -> dict:
+    """The mapping in the YAML file ``path`` (empty for an empty file); ConfigError naming ``what`` otherwise."""
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable {what} file ({exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(doc).__name__}")
+        raise ConfigError(f"{path}: a {what} must be a mapping of sections, got {type(doc).__name__}")
     return doc
 
 
@@ -338,7 +350,7 @@ def _load_chain(path: Path, origins: _Origins, seen: tuple[Path, ...] = ()) -> d
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'base' inheritance loops: {' -> '.join(str(p) for p in (*seen, path))}")
-    doc = _read_yaml(path)
+    doc = read_yaml(path)
     base_name = doc.pop("base", None)
     _check_keys(Config, doc, "", str(path))
     merged: dict = {}
@@ -381,19 +393,15 @@ def _validate(config: Config, origins: _Origins) -> None:
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(f"{origins.of(key)}: {key}: {message}")
 
-    from czii.inference import BLEND_MODES, resolve_tta
-    from czii.models import stride, supported_encoders
-    from czii.postprocess.peaks import METHODS
-
-    if config.model.encoder_name not in supported_encoders():
+    if config.model.encoder_name not in ENCODERS:
         raise fail("model.encoder_name", f"unknown encoder {config.model.encoder_name!r}; "
-                   f"supported: {', '.join(supported_encoders())}")
+                   f"supported: {', '.join(ENCODERS)}")
     if not 1 <= config.model.encoder_depth <= 5:
         raise fail("model.encoder_depth", f"must be 1..5, got {config.model.encoder_depth}")
     if len(config.model.decoder_channels) != config.model.encoder_depth:
         raise fail("model.decoder_channels", f"needs one entry per encoder stage ({config.model.encoder_depth}), "
                    f"got {len(config.model.decoder_channels)}")
-    net_stride = stride(config.model)
+    net_stride = network_stride(config.model.encoder_depth)
     for key, sides in (("patch.size_zyx", config.patch.size_zyx), ("val.tile_zyx", config.val.tile_zyx),
                        ("infer.tile_zyx", config.infer.tile_zyx)):
         if len(sides) != 3 or any(s <= 0 or s % net_stride for s in sides):
@@ -434,9 +442,9 @@ def _validate(config: Config, origins: _Origins) -> None:
         raise fail("augment.mixup_alpha", f"must be > 0 when mixup is on, got {config.augment.mixup_alpha}")
     if not 0 <= config.val.overlap < 1 or not 0 <= config.infer.overlap < 1:
         raise fail("val.overlap", "val.overlap and infer.overlap must be in [0, 1)")
-    for key, method in (("val.peak_method", config.val.peak_method), ("postprocess.method", config.postprocess.method)):
-        if method not in METHODS:
-            raise fail(key, f"unknown peak method {method!r}; valid: {', '.join(METHODS)}")
+    if config.postprocess.method not in PEAK_METHODS:
+        raise fail("postprocess.method", f"unknown peak method {config.postprocess.method!r}; "
+                   f"valid: {', '.join(PEAK_METHODS)}")
     if config.infer.blend not in BLEND_MODES:
         raise fail("infer.blend", f"unknown blend {config.infer.blend!r}; valid: {', '.join(BLEND_MODES)}")
     for key, tta in (("val.tta", config.val.tta), ("infer.tta", config.infer.tta)):

@@ -11,9 +11,9 @@
    → ``thresholds.json``): CV score at the default thresholds, tuned in-sample (optimistic) and
    tuned cross-fitted (each fold scored with thresholds tuned on the other folds; the headline
    ``cv_tuned``, empty with a single fold), per-class F4 at the cross-fitted thresholds;
-3. predicts every held-out run again with its fold's ``best.pt`` at the validation settings of
-   the training loop (timed: ``val_seconds``) and saves a slab of the first held-out run that has
-   truth picks as ``report/overlay.npz``;
+3. predicts every held-out run again with its fold's ``best.pt`` under the shipped predictor spec
+   (timed: ``val_seconds``) and saves a slab of the first held-out run that has truth picks as
+   ``report/overlay.npz``;
 4. draws the figures (:func:`czii.report.build_report`);
 5. writes its leaderboard row.
 
@@ -32,12 +32,13 @@ folds' ``history.csv`` seconds, periodic validation included, so resumed folds c
 the working directory unless absolute).
 
 :func:`build_ensemble` scores an ensemble of leaderboard rows honestly: for fold K it averages
-only the rows' fold-K models (none of which saw fold K's held-out runs) over those runs, detects
-candidates as training validation does, and tunes/cross-fits thresholds on them exactly like a
-row. Rows must share their folds (same held-out runs per fold) and input recipe. Output:
-``<name>.yaml`` (``members: [{checkpoint, weight}]`` = every fold's ``best.pt`` of every row at the
-row's weight, ``thresholds``, ``tta``; paths relative to the YAML, scores in its header comment)
-and ``<name>/`` beside it with ``fold*/oof/`` and ``thresholds.json``.
+only the rows' fold-K models (none of which saw fold K's held-out runs) over those runs under the
+first row's shipped recipe (its tuned spec: TTA, tiling, peaks), writes the candidates as
+training's out-of-fold pass does, and tunes/cross-fits thresholds on them exactly like a row.
+Rows must share their folds (same held-out runs per fold) and input recipe. Output: ``<name>.yaml``,
+a predictor spec (:mod:`czii.predictor`: every fold's ``best.pt`` of every row at the row's weight,
+that recipe, ``thresholds``; paths relative to the YAML, scores in its header comment) and
+``<name>/`` beside it with ``fold*/oof/`` and ``thresholds.json``.
 """
 
 from __future__ import annotations
@@ -57,19 +58,20 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
 from czii.config import Config, config_hash, load_config, with_data_paths
 from czii.data import Dataset
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_write_text, git_commit, temp_sibling
-from czii.models import member_from_checkpoint
 from czii.particles import PARTICLE_NAMES
-from czii.postprocess.peaks import detect_peaks
 from czii.postprocess.thresholds import TuneReport, tune_run_dir
 from czii.report import OVERLAY_FILE, REPORT_DIR, OverlaySlab, Report, build_report, overlay_slab
-from czii.training.data import class_picks, fold_runs, load_input, open_sources, split_fold
-from czii.training.loop import predict_probabilities, train
+from czii.inference import Predictor
+from czii.predictor import MemberSpec, PredictorSpec, run_dir_spec, spec_yaml
+from czii.rundir import FoldDir, RunDir
+from czii.training.data import class_picks, fold_runs, open_sources, split_fold
+from czii.training.loop import train
+from czii.training.oof import load_val_runs, write_oof
 
 DEFAULT_LEADERBOARD = Path("submissions/leaderboard.csv")
 F4_COLUMNS: tuple[str, ...] = tuple(f"f4_{name}" for name in PARTICLE_NAMES)
@@ -231,8 +233,9 @@ def _fold_state(fold_dir: Path, config: Config) -> str:
     if trained_hash != config_hash(config):
         raise ConfigError(f"{fold_dir} was trained with config {trained_hash}, this experiment's config is "
                           f"{config_hash(config)}; choose another --name or --out")
+    fold = FoldDir(fold_dir)
     done = (len(history) and history["epoch"].max() >= config.train.epochs
-            and all((fold_dir / p).is_file() for p in ("checkpoints/best.pt", "oof/candidates.csv", "oof/truth.csv")))
+            and all(p.is_file() for p in (fold.best, fold.candidates, fold.truth, fold.oof_spec)))
     return "reused" if done else "resumed"
 
 
@@ -242,27 +245,30 @@ def _device_label(device: torch.device) -> str:
 
 def _heldout_pass(config: Config, run_dir: Path, folds: Sequence[int], datasets: dict[str, Dataset],
                   device: torch.device, tune: TuneReport) -> tuple[float, OverlaySlab | None]:
-    """Seconds to predict every held-out run with its fold's best.pt, and the overlay slab of the first
-    held-out run with truth picks (its picks: OOF candidates kept at that fold's cross-fitted thresholds)."""
+    """Seconds to predict every held-out run with its fold's best.pt under the shipped spec, and the overlay
+    slab of the first held-out run with truth picks (its picks: OOF candidates kept at that fold's
+    cross-fitted thresholds)."""
     by_fold = json.loads(tune.path.read_text()).get("thresholds_by_fold")
     seconds, slab = 0.0, None
+    shipped = run_dir_spec(run_dir)
     for k in folds:
-        fold = f"fold{k}"
-        members = [member_from_checkpoint(run_dir / fold / "checkpoints" / "best.pt", device=device)]
+        fold = RunDir(run_dir).fold(k)
+        predictor = Predictor.load(dataclasses.replace(shipped, members=[MemberSpec(str(fold.best), 1.0)]), device)
         for source, run in split_fold(config, datasets, k).val:
-            volume, spacing_zyx_A = load_input(config, datasets[source], run)
+            volume, spacing_zyx_A = predictor.load_input(datasets[source], run)
             t0 = time.perf_counter()
-            probs = predict_probabilities(members, volume, config, device)
+            probs = predictor.probabilities(volume)
             seconds += time.perf_counter() - t0
             truth = class_picks(config, datasets[source], run)
             if slab is not None or truth.empty:
                 continue
-            thresholds, origin = (by_fold[fold], "cross-fitted") if by_fold else (tune.thresholds, "in-sample tuned")
-            candidates = pd.read_csv(run_dir / fold / "oof" / "candidates.csv", dtype={"experiment": str})
+            thresholds, origin = (by_fold[fold.name], "cross-fitted") if by_fold else (tune.thresholds,
+                                                                                       "in-sample tuned")
+            candidates = pd.read_csv(fold.candidates, dtype={"experiment": str})
             candidates = candidates[candidates["experiment"] == run]
             kept = candidates[candidates["score"] >= candidates["particle_type"].map(thresholds)]
-            slab = overlay_slab(volume[0], probs, spacing_zyx_A, config.data.classes, truth, kept, run=run, fold=fold,
-                                thresholds=thresholds, thresholds_origin=origin)
+            slab = overlay_slab(volume[0], probs, spacing_zyx_A, config.data.classes, truth, kept, run=run,
+                                fold=fold.name, thresholds=thresholds, thresholds_origin=origin)
     return seconds, slab
 
 
@@ -382,51 +388,38 @@ def _check_members(members: Sequence[EnsembleMemberRow]) -> None:
     refuse_if_differ("normalisation", [m.config.data.normalisation.clip_percentiles for m in members])
 
 
+def _ensemble_spec(members: Sequence[EnsembleMemberRow], fold: str | None, thresholds: Path | None) -> PredictorSpec:
+    """The first row's shipped recipe over the rows' ``fold`` models (every fold's when None) at their weights."""
+    recipe_of = run_dir_spec(members[0].run_dir)
+    chosen = [(m.run_dir / f / "checkpoints" / "best.pt", m.weight) for m in members
+              for f in (m.folds if fold is None else [fold])]
+    return dataclasses.replace(recipe_of, members=[MemberSpec(str(p), w) for p, w in chosen],
+                               thresholds=None if thresholds is None else str(thresholds))
+
+
 def _ensemble_oof(members: Sequence[EnsembleMemberRow], out: Path, device: torch.device, workdir) -> None:
-    """``out/fold<K>/oof/{candidates,truth}.csv`` of the ensemble of the members' fold-K models."""
+    """``out/fold<K>/oof/`` of the ensemble of the members' fold-K models under the shipped spec."""
     config = members[0].config
     datasets = open_sources(config, workdir)
-    low = {c: config.val.oof_threshold for c in config.data.classes}
     for fold, runs in members[0].folds.items():
-        split = split_fold(config, datasets, int(fold.removeprefix("fold"))).val
-        if tuple(sorted(r for _, r in split)) != runs:
+        fold_dir = RunDir(out).fold(int(fold.removeprefix("fold")))
+        val_runs = load_val_runs(config, datasets, fold_dir.index)
+        if tuple(sorted(v.run for v in val_runs)) != runs:
             raise DataError(f"{fold} held out {list(runs)} in training, but the data now give "
-                            f"{sorted(r for _, r in split)}; pass the training data with --data")
-        models = [member_from_checkpoint(m.run_dir / fold / "checkpoints" / "best.pt", weight=m.weight, device=device)
-                  for m in members]
-        candidates, truth = [], []
-        for source, run in split:
-            volume, spacing_zyx_A = load_input(config, datasets[source], run)
-            probs = predict_probabilities(models, volume, config, device)
-            candidates.append(detect_peaks(
-                probs, config.data.classes, spacing_zyx_A, thresholds=low, run=run, method=config.val.peak_method,
-                nms_radius_factor=config.postprocess.nms_radius_factor, min_size_vox=config.postprocess.min_size_vox,
-                merge_factor=config.postprocess.merge_factor,
-            ))
-            truth.append(class_picks(config, datasets[source], run))
-        (out / fold / "oof").mkdir(parents=True)
-        pd.concat(candidates, ignore_index=True).to_csv(out / fold / "oof" / "candidates.csv", index=False)
-        pd.concat(truth, ignore_index=True).to_csv(out / fold / "oof" / "truth.csv", index=False)
+                            f"{sorted(v.run for v in val_runs)}; pass the training data with --data")
+        predictor = Predictor.load(_ensemble_spec(members, fold, None), device)
+        fold_dir.oof.mkdir(parents=True)
+        write_oof(predictor, fold_dir, val_runs, config.val.oof_threshold)
 
 
 def _ensemble_yaml(members: Sequence[EnsembleMemberRow], yaml_path: Path, oof_dir: Path, tune: TuneReport) -> str:
-    here = yaml_path.parent.resolve()
-    doc = {
-        "members": [
-            {"checkpoint": os.path.relpath((m.run_dir / fold / "checkpoints" / "best.pt").resolve(), here),
-             "weight": m.weight}
-            for m in members for fold in m.folds
-        ],
-        "thresholds": os.path.relpath((oof_dir / "thresholds.json").resolve(), here),
-        "tta": members[0].config.infer.tta,
-    }
     cross = "n/a (one fold)" if tune.score_cross_fitted is None else f"{tune.score_cross_fitted:.4f}"
     header = [
-        f"# czii ensemble of {', '.join(f'{row_id(m.row)} (weight {m.weight:g})' for m in members)}",
-        (f"# out-of-fold over {len(members[0].folds)} folds: default {tune.score_default:.4f}, "
+        f"czii ensemble of {', '.join(f'{row_id(m.row)} (weight {m.weight:g})' for m in members)}",
+        (f"out-of-fold over {len(members[0].folds)} folds: default {tune.score_default:.4f}, "
          f"tuned in-sample {tune.score_in_sample:.4f}, tuned cross-fitted {cross} (honest)"),
     ]
-    return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+    return spec_yaml(_ensemble_spec(members, None, oof_dir / "thresholds.json"), yaml_path.parent, header)
 
 
 def build_ensemble(

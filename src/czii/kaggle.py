@@ -8,9 +8,10 @@ out/
                    the packages Kaggle's image provides (PROVIDED_PATTERNS: a CUDA torch, torchvision,
                    triton, nvidia-*, cuda-*), as wheels for the target Python and platforms
   models/          the ensemble's checkpoints (copied)
-  thresholds.json  the models' thresholds file (or the defaults, with a note)
-  inference.yaml   ensemble YAML (czii.inference.pipeline format) with paths relative to out/,
-                   the resolved infer + postprocess settings and TTA
+  thresholds.json  the models' thresholds file (absent when they have none: defaults, with a note)
+  inference.yaml   the predictor spec (czii.predictor) with paths relative to out/: members,
+                   input recipe, tiling, TTA, peaks, thresholds; its score hash equals the one the
+                   thresholds were tuned under
   manifest.json    package version, git commit, target, provided packages, wheels, sha256 + size per file
 ```
 
@@ -52,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
@@ -61,9 +61,10 @@ from tqdm import tqdm
 
 from czii.data.sim_scene import REAL_SHAPE_ZYX
 from czii.errors import BuildError, ConfigError, DataError
-from czii.inference.pipeline import DEFAULT_THRESHOLDS_ORIGIN, find_thresholds, load_ensemble, resolve_models
+from czii.inference import Predictor
+from czii.inference.pipeline import resolve_predictor
 from czii.io import git_commit, git_dirty, sha256_file, temp_sibling
-from czii.postprocess.thresholds import save_thresholds
+from czii.predictor import MemberSpec, load_spec, save_spec
 
 # Kaggle's notebook image: Python 3.11 on Ubuntu 22.04 (glibc 2.35) with a CUDA build of torch.
 KAGGLE_PYTHON_VERSION = "3.11"
@@ -401,39 +402,36 @@ def _member_file_name(index: int, checkpoint: Path) -> str:
 
 
 def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: str | Sequence[str] | None,
-                  thresholds: str | Path | None) -> dict[str, Any]:
-    """Copy checkpoints, write thresholds.json and inference.yaml into ``out``; returns the manifest's models part.
+                  thresholds: str | Path | None, allow_spec_mismatch: bool) -> dict[str, Any]:
+    """Copy checkpoints and thresholds, write the predictor spec ``inference.yaml`` into ``out``; returns the
+    manifest's models part.
 
-    The ensemble is loaded and checked as :func:`czii.inference.pipeline.run_inference` does, so
-    settings it would refuse fail here rather than on Kaggle.
+    The spec is resolved, checked against its thresholds and loaded as
+    :func:`czii.inference.pipeline.run_inference` does, so a predictor it would refuse fails here
+    rather than on Kaggle.
     """
-    source = resolve_models(models)
-    values, origin = find_thresholds(thresholds, source)
-    ens = load_ensemble(source, tta, values, origin, torch.device("cpu"))
-    if origin == DEFAULT_THRESHOLDS_ORIGIN:
-        print(f"note: no thresholds file with {source.description}; shipping the defaults {ens.thresholds} "
-              "(tune them with `czii tune`, or pass --thresholds)", file=sys.stderr)
-        save_thresholds(out / THRESHOLDS_NAME, ens.thresholds, report={"source": origin})
+    spec, check = resolve_predictor(models, tta=tta, thresholds=thresholds, allow_spec_mismatch=allow_spec_mismatch)
+    Predictor.load(spec, torch.device("cpu"))
+    if check.thresholds is None:
+        print(f"note: no thresholds file with {models}; shipping the defaults (tune them with `czii tune`, "
+              "or pass --thresholds)", file=sys.stderr)
+        shipped_thresholds = None
     else:
-        shutil.copy2(origin, out / THRESHOLDS_NAME)
-
+        shutil.copy2(check.source, out / THRESHOLDS_NAME)
+        shipped_thresholds = str(out / THRESHOLDS_NAME)
     (out / "models").mkdir()
-    entries, listed = [], []
-    for i, (checkpoint, weight) in enumerate(zip(source.checkpoints, source.weights)):
-        rel = f"models/{_member_file_name(i, checkpoint)}"
-        shutil.copy2(checkpoint, out / rel)
-        entries.append({"checkpoint": rel, "weight": weight})
-        listed.append({"file": rel, "source": str(checkpoint.resolve()), "weight": weight})
-    ensemble = {
-        "members": entries,
-        "thresholds": THRESHOLDS_NAME,
-        **dataclasses.asdict(ens.infer),
-        "postprocess": dataclasses.asdict(ens.post),
-    }
-    (out / ENSEMBLE_NAME).write_text(yaml.safe_dump(ensemble, sort_keys=False))
-    resolve_models(out / ENSEMBLE_NAME)
-    return {"description": source.description, "members": listed, "classes": ens.classes,
-            "thresholds_source": origin, "tta": list(ens.tta_names)}
+    members, listed = [], []
+    for i, m in enumerate(spec.members):
+        rel = f"models/{_member_file_name(i, Path(m.checkpoint))}"
+        shutil.copy2(m.checkpoint, out / rel)
+        members.append(MemberSpec(str(out / rel), m.weight))
+        listed.append({"file": rel, "source": str(Path(m.checkpoint).resolve()), "weight": m.weight})
+    shipped = dataclasses.replace(spec, members=members, thresholds=shipped_thresholds)
+    save_spec(shipped, out / ENSEMBLE_NAME)
+    load_spec(out / ENSEMBLE_NAME)
+    return {"description": str(models), "members": listed, "classes": list(spec.classes),
+            "thresholds_source": check.source, "spec_hash": spec.hash, "spec_check": check.status,
+            "tta": list(spec.tta)}
 
 
 # --------------------------------------------------------------------------- manifest and build
@@ -486,14 +484,16 @@ def build_kaggle_dataset(
     constraints: str | Path | None = None,
     tta: str | Sequence[str] | None = None,
     thresholds: str | Path | None = None,
+    allow_spec_mismatch: bool = False,
     progress: bool = True,
 ) -> BuildResult:
     """Write the offline Kaggle dataset folder for ``models`` to ``out`` (layout in the module docstring).
 
-    ``models``: a training run directory, checkpoint files or an ensemble YAML
-    (:func:`czii.inference.pipeline.resolve_models`). ``project_dir`` (default: the checkout
+    ``models``: a training run directory, checkpoint files or a predictor spec YAML
+    (:func:`czii.inference.pipeline.resolve_predictor`). ``project_dir`` (default: the checkout
     holding this module) gives the source tree and ``constraints.txt``. ``tta`` and
-    ``thresholds`` override what comes with the models.
+    ``thresholds`` override what comes with the models; thresholds tuned under another spec are
+    refused unless ``allow_spec_mismatch``.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -506,7 +506,8 @@ def build_kaggle_dataset(
     tmp = temp_sibling(out)
     tmp.mkdir()
     try:
-        models_part = _write_models(models, tmp, tta=tta, thresholds=thresholds)
+        models_part = _write_models(models, tmp, tta=tta, thresholds=thresholds,
+                                    allow_spec_mismatch=allow_spec_mismatch)
         own = build_package_wheel(project_dir, tmp / "wheels")
         closure = resolve_closure(wheel_requirements(own), target, pins, source, progress=progress)
         for wheel in closure.wheels.values():

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import KDTree
 
 from czii.errors import SubmissionError
 from czii.particles import BY_NAME, PARTICLE_NAMES, TOTAL_WEIGHT
-from czii.submission import XYZ, check_picks_table, preview, unknown_particle_types
+from czii.picks import XYZ, check_picks_table, neighbours, preview, unknown_particle_types
 
 TABLE_COLUMNS: tuple[str, ...] = ("tp", "fp", "fn", "precision", "recall", "f_beta", "weight")
 
@@ -55,22 +54,6 @@ class ScoreReport:
         return {"score": float(self.score), "beta": float(self.beta), "classes": classes}
 
 
-def match_counts(truth_xyz_A: np.ndarray, pred_xyz_A: np.ndarray, radius_A: float) -> tuple[int, int, int]:
-    """(tp, fp, fn) of predictions against truth points of one run and class, as the Kaggle scorer counts them."""
-    n_truth, n_pred = len(truth_xyz_A), len(pred_xyz_A)
-    if n_truth == 0:
-        return 0, n_pred, 0
-    if n_pred == 0:
-        return 0, 0, n_truth
-    hits = KDTree(pred_xyz_A).query_ball_tree(KDTree(truth_xyz_A), r=radius_A)
-    tp = len({i for hit in hits for i in hit})
-    return tp, n_pred - tp, n_truth - tp
-
-
-def _groups(df: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
-    return {key: rows[XYZ].to_numpy() for key, rows in df.groupby(["experiment", "particle_type"], sort=False)}
-
-
 def score(
     solution: pd.DataFrame,
     submission: pd.DataFrame,
@@ -96,13 +79,15 @@ def score(
     if bad:
         raise SubmissionError(f"submission has unknown particle types {bad}; known: {list(PARTICLE_NAMES)}")
 
-    truth, pred = _groups(solution), _groups(submission)
-    empty = np.empty((0, 3))
+    submission = submission[submission["particle_type"].isin(set(solution["particle_type"]))]
+    found = np.array([len(n) > 0 for n in neighbours(solution, submission, distance_multiplier=distance_multiplier)],
+                     dtype=bool)
     counts = {name: np.zeros(3, dtype=np.int64) for name in PARTICLE_NAMES}
     for name in solution["particle_type"].unique():
-        radius_A = BY_NAME[name].radius_A * distance_multiplier
-        for run in runs:
-            counts[name] += match_counts(truth.get((run, name), empty), pred.get((run, name), empty), radius_A)
+        of_class = (solution["particle_type"] == name).to_numpy()
+        tp = int(found[of_class].sum())
+        n_pred = int((submission["particle_type"] == name).sum())
+        counts[name] += (tp, n_pred - tp, int(of_class.sum()) - tp)
 
     rows = []
     for name in PARTICLE_NAMES:

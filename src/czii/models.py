@@ -30,6 +30,7 @@ from torch import nn
 from czii.config import ModelConfig
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_path
+from czii.registry import network_stride
 
 with warnings.catch_warnings():  # timm, imported by smp-3d, scripts functions with the deprecated torch.jit
     warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
@@ -58,7 +59,7 @@ def supported_encoders() -> tuple[str, ...]:
 
 def stride(model_cfg: ModelConfig) -> int:
     """The network stride: every input side must be a multiple of it (2**encoder_depth)."""
-    return 2**model_cfg.encoder_depth
+    return network_stride(model_cfg.encoder_depth)
 
 
 class Unet3d(nn.Module):
@@ -165,24 +166,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "ema_state_dict", "resume")}
     meta["stride"] = stride(model_cfg)
     return model, meta
-
-
-def ensemble_member(model: nn.Module, meta: dict[str, Any], *, weight: float = 1.0, name: str):
-    """A :class:`czii.inference.EnsembleMember` of a model and metadata from :func:`load_checkpoint`."""
-    from czii.inference import EnsembleMember
-
-    return EnsembleMember(
-        model=model,
-        classes=tuple(meta["classes"]),
-        input_channels=tuple(meta["input_channels"]),
-        activation=meta["activation"],
-        weight=weight,
-        stride=int(meta["stride"]),
-        name=name,
-    )
-
-
-def member_from_checkpoint(path: str | Path, weight: float = 1.0, device: str | torch.device = "cpu"):
-    """A :class:`czii.inference.EnsembleMember` for the checkpoint at ``path``."""
-    model, meta = load_checkpoint(path, device)
-    return ensemble_member(model, meta, weight=weight, name=str(path))

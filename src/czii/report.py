@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy.spatial import cKDTree
 
 from czii.errors import DataError
 from czii.geometry import xyz_A_to_zyx_vox
 from czii.io import atomic_write_bytes
 from czii.particles import get_particle
+from czii.picks import XYZ, check_picks_table, neighbours
 from czii.postprocess.thresholds import class_curves, load_thresholds, read_oof
 
 REPORT_DIR = "report"
@@ -51,7 +51,6 @@ THRESHOLD_FIGURE = "threshold_curves.png"
 TRAINING_FIGURE = "training_curves.png"
 OVERLAY_FIGURE = "overlay.png"
 SLAB_HALF_THICKNESS_VOX = 6
-XYZ = ["x", "y", "z"]
 
 
 @dataclass
@@ -177,9 +176,9 @@ class OverlaySlab:
             "tomogram_yx": self.tomogram_yx.astype(np.float32),
             "heatmaps_cyx": self.heatmaps_cyx.astype(np.float16),
             "truth_class": self.truth["particle_type"].to_numpy(dtype=str),
-            "truth_xyz_A": self.truth[XYZ].to_numpy(np.float64).reshape(-1, 3),
+            "truth_xyz_A": self.truth[list(XYZ)].to_numpy(np.float64).reshape(-1, 3),
             "picks_class": self.picks["particle_type"].to_numpy(dtype=str),
-            "picks_xyz_A": self.picks[XYZ].to_numpy(np.float64).reshape(-1, 3),
+            "picks_xyz_A": self.picks[list(XYZ)].to_numpy(np.float64).reshape(-1, 3),
             "picks_score": self.picks["score"].to_numpy(np.float64),
             "thresholds": np.array(json.dumps(self.thresholds)),
             "thresholds_origin": np.array(self.thresholds_origin),
@@ -193,9 +192,9 @@ class OverlaySlab:
         try:
             with np.load(path, allow_pickle=False) as z:
                 a = {k: z[k] for k in z.files}
-            truth = pd.DataFrame(a["truth_xyz_A"], columns=XYZ)
+            truth = pd.DataFrame(a["truth_xyz_A"], columns=list(XYZ))
             truth.insert(0, "particle_type", a["truth_class"].astype(str))
-            picks = pd.DataFrame(a["picks_xyz_A"], columns=XYZ)
+            picks = pd.DataFrame(a["picks_xyz_A"], columns=list(XYZ))
             picks.insert(0, "particle_type", a["picks_class"].astype(str))
             picks["score"] = a["picks_score"]
             return cls(
@@ -228,7 +227,7 @@ def overlay_slab(
     """The slab of ``volume_zyx`` around the z-centre with the most truth picks within ``half_thickness_vox``
     (the middle one of tied centres)."""
     n_z = volume_zyx.shape[0]
-    z_vox = xyz_A_to_zyx_vox(truth[XYZ].to_numpy(np.float64).reshape(-1, 3), spacing_zyx_A)[:, 0]
+    z_vox = xyz_A_to_zyx_vox(truth[list(XYZ)].to_numpy(np.float64).reshape(-1, 3), spacing_zyx_A)[:, 0]
     counts = np.array([(np.abs(z_vox - c) <= half_thickness_vox).sum() for c in range(n_z)])
     best = np.flatnonzero(counts == counts.max())
     centre = int(best[len(best) // 2])  # the middle of the tied centres (all of them when there is no truth)
@@ -245,18 +244,14 @@ def overlay_slab(
 
 
 def match_flags(truth: pd.DataFrame, picks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(truth found, pick matched) as the metric decides them: same class, within 0.5 × radius (inclusive)."""
-    found = np.zeros(len(truth), dtype=bool)
+    """(truth found, pick matched) as the metric decides them (:func:`czii.picks.neighbours`): same
+    experiment and class, within 0.5 × radius (inclusive)."""
+    near = neighbours(check_picks_table(truth, "truth", error=DataError),
+                      check_picks_table(picks, "picks", error=DataError))
+    found = np.array([len(n) > 0 for n in near], dtype=bool)
     matched = np.zeros(len(picks), dtype=bool)
-    for name in set(truth["particle_type"]) & set(picks["particle_type"]):
-        t_idx = np.flatnonzero(truth["particle_type"].to_numpy() == name)
-        p_idx = np.flatnonzero(picks["particle_type"].to_numpy() == name)
-        tree = cKDTree(picks.iloc[p_idx][XYZ].to_numpy(np.float64))
-        near = tree.query_ball_point(truth.iloc[t_idx][XYZ].to_numpy(np.float64), r=get_particle(name).match_radius_A)
-        for t, hits in zip(t_idx, near):
-            if hits:
-                found[t] = True
-                matched[p_idx[hits]] = True
+    for n in near:
+        matched[n] = True
     return found, matched
 
 
@@ -266,7 +261,7 @@ def _draw_picks(ax, slab: OverlaySlab, truth: pd.DataFrame, found: np.ndarray, p
     lo, hi = slab.z_range_vox
 
     def inside(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        zyx = xyz_A_to_zyx_vox(df[XYZ].to_numpy(np.float64).reshape(-1, 3), slab.spacing_zyx_A)
+        zyx = xyz_A_to_zyx_vox(df[list(XYZ)].to_numpy(np.float64).reshape(-1, 3), slab.spacing_zyx_A)
         keep = (zyx[:, 0] >= lo - 0.5) & (zyx[:, 0] < hi - 0.5)
         return keep, zyx
 
@@ -287,7 +282,7 @@ def _draw_picks(ax, slab: OverlaySlab, truth: pd.DataFrame, found: np.ndarray, p
 
 def plot_overlay(slab: OverlaySlab, path: str | os.PathLike) -> Path:
     """Tomogram slab with every class's picks, then one heatmap panel per class with its picks."""
-    found, matched = match_flags(slab.truth, slab.picks)
+    found, matched = match_flags(slab.truth.assign(experiment=slab.run), slab.picks.assign(experiment=slab.run))
     n_panels = 1 + len(slab.classes)
     ncols = min(4, n_panels)
     nrows = math.ceil(n_panels / ncols)

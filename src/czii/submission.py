@@ -1,12 +1,10 @@
 """Submission and solution tables: build, check, read and write.
 
 A submission CSV has exactly the columns ``id, experiment, particle_type, x, y, z``
-(x, y, z in Å, ``id`` = 0..N-1). :func:`check_picks_table` is the shared check the
-metric also uses on both of its inputs; :func:`validate_submission` adds the
-file-format rules; :func:`write_submission` validates, then writes atomically
-(temporary name, then rename), so nothing is written when the table is bad.
-:func:`load_solution` reads truth picks from a CSV, a copick config or a Kaggle
-directory.
+(x, y, z in Å, ``id`` = 0..N-1; :mod:`czii.picks` owns the columns and the shared table check);
+:func:`validate_submission` adds the file-format rules; :func:`write_submission` validates, then
+writes atomically (temporary name, then rename), so nothing is written when the table is bad.
+Truth picks from a copick project or a Kaggle directory: :func:`czii.data.load_solution`.
 """
 
 from __future__ import annotations
@@ -21,57 +19,15 @@ from czii.errors import SubmissionError
 from czii.geometry import Spacing, zyx_vox_to_xyz_A
 from czii.io import atomic_write_text
 from czii.particles import PARTICLE_NAMES
-
-PICK_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z")
-SUBMISSION_COLUMNS: tuple[str, ...] = ("id",) + PICK_COLUMNS
-XYZ = ["x", "y", "z"]
-
-
-def preview(items, n: int = 5) -> str:
-    """The first ``n`` items as text, with a count of the rest."""
-    items = list(items)
-    more = f" (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(str(i) for i in items[:n]) + more
-
-
-def check_picks_table(df: pd.DataFrame, what: str) -> pd.DataFrame:
-    """Return a copy of ``df`` with ``experiment``/``particle_type`` as str and x, y, z as float.
-
-    Raises SubmissionError naming ``what`` and the missing columns, or the rows holding
-    NaN/inf coordinates or empty names. Extra columns are kept.
-    """
-    if not isinstance(df, pd.DataFrame):
-        raise SubmissionError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in PICK_COLUMNS if c not in df.columns]
-    if missing:
-        raise SubmissionError(
-            f"{what} is missing columns {missing}; expected {list(PICK_COLUMNS)}, found {list(df.columns)}"
-        )
-    out = df.copy()
-    names_missing = out[["experiment", "particle_type"]].isna().any(axis=1).to_numpy()
-    if names_missing.any():
-        raise SubmissionError(
-            f"{what} has empty experiment/particle_type in rows {preview(out.index[names_missing])}"
-        )
-    out["experiment"] = out["experiment"].astype(str)
-    out["particle_type"] = out["particle_type"].astype(str)
-    try:
-        xyz = out[XYZ].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise SubmissionError(f"{what} has non-numeric x, y, z values: {exc}") from None
-    bad = ~np.isfinite(xyz)
-    if bad.any():
-        rows = out.index[bad.any(axis=1)]
-        cols = [XYZ[j] for j in np.flatnonzero(bad.any(axis=0))]
-        raise SubmissionError(f"{what} has NaN/inf in columns {cols} at rows {preview(rows)}")
-    out[XYZ] = xyz
-    return out
-
-
-def unknown_particle_types(df: pd.DataFrame) -> list[str]:
-    """Particle types in ``df`` that are not one of the six CZII classes (sorted)."""
-    return sorted(set(df["particle_type"].astype(str)) - set(PARTICLE_NAMES))
-
+from czii.picks import (
+    PICK_COLUMNS,
+    SUBMISSION_COLUMNS,
+    XYZ,
+    check_picks_table,
+    preview,
+    read_picks_csv,
+    unknown_particle_types,
+)
 
 def to_submission(picks: pd.DataFrame) -> pd.DataFrame:
     """Picks (experiment, particle_type, x, y, z [, extra]) → submission table.
@@ -129,7 +85,7 @@ def _check_bounds(table: pd.DataFrame, extents_xyz_A: Mapping[str, np.ndarray], 
         if run not in extents_xyz_A:
             continue
         upper = np.asarray(extents_xyz_A[run], dtype=np.float64).reshape(3)
-        xyz = rows[XYZ].to_numpy()
+        xyz = rows[list(XYZ)].to_numpy()
         outside = (xyz < lower_xyz_A) | (xyz > upper)
         if outside.any():
             i, axis = np.argwhere(outside)[0]
@@ -145,42 +101,6 @@ def write_submission(df: pd.DataFrame, path: str | Path, **validate_kwargs) -> P
     return atomic_write_text(path, df.to_csv(index=False))
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise SubmissionError(f"{what} file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
-    try:
-        df = pd.read_csv(path, dtype={"experiment": str, "particle_type": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SubmissionError(f"{what} file {path} is not a readable CSV: {exc}") from None
-    missing = [c for c in PICK_COLUMNS if c not in df.columns]
-    if missing:
-        raise SubmissionError(f"{what} file {path} is missing columns {missing}; found {list(df.columns)}")
-    return df
-
-
 def read_submission(path: str | Path) -> pd.DataFrame:
     """Read a submission CSV; SubmissionError for a missing file, bad CSV or missing columns."""
-    return _read_csv(Path(path), "submission")
-
-
-def load_solution(path: str | Path, split: str | None = None) -> pd.DataFrame:
-    """Truth picks (experiment, particle_type, x, y, z Å) from a CSV, a copick config JSON or a Kaggle directory.
-
-    ``split`` ("train"/"test") selects the split of a Kaggle directory and is passed to
-    :func:`czii.data.open_dataset`; it is not used for a CSV.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        table = _read_csv(path, "solution")
-    elif path.is_dir() or (path.is_file() and path.suffix.lower() == ".json"):
-        from czii.data import open_dataset
-
-        table = open_dataset(path, split=split).picks()
-    else:
-        raise SubmissionError(
-            f"solution {path} must be a CSV file, a copick config JSON or a Kaggle directory"
-            + ("" if path.exists() else " (it does not exist)")
-        )
-    if table.empty:
-        raise SubmissionError(f"solution {path} holds no truth picks" + (f" (split {split!r})" if split else ""))
-    return table[list(PICK_COLUMNS)]
+    return read_picks_csv(Path(path), "submission")

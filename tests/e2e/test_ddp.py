@@ -23,7 +23,7 @@ def test_two_cpu_ranks_end_with_identical_weights(tiny_sim, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "czii.cli", "train", "--config", str(CPU_TINY), "--data", str(tiny_sim.copick_config),
+        "-m", "czii", "train", "--config", str(CPU_TINY), "--data", str(tiny_sim.copick_config),
         "--out", str(out), "--device", "cpu",
         "--set", "train.epochs=2", "train.steps_per_epoch=3", "patch.size_zyx=[16,32,32]", "val.tile_zyx=[16,48,48]",
     ]

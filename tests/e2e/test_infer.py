@@ -17,23 +17,27 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import CPU_TINY, TINY_CHECKPOINT_SETS
 
 from czii.cli import main
 from czii.config import load_config, with_data_paths
-from czii.data import open_dataset
+from czii.data import load_solution, open_dataset
 from czii.data.normalize import normalize_volume
 from czii.errors import ConfigError, DataError
 from czii.geometry import extent_xyz_A
-from czii.inference import manifest_path, predict_volume, resolve_models, run_inference
+from czii.inference import predict_volume
+from czii.inference.pipeline import manifest_path, run_inference
+from czii.inference.predictor import ensemble_member
 from czii.metric import score
-from czii.models import member_from_checkpoint
+from czii.models import load_checkpoint
 from czii.particles import PARTICLE_NAMES
+from czii.picks import SUBMISSION_COLUMNS
 from czii.postprocess.peaks import detect_peaks
 from czii.postprocess.thresholds import DEFAULT_THRESHOLDS, save_thresholds
-from czii.submission import SUBMISSION_COLUMNS, load_solution, read_submission, to_submission, validate_submission
+from czii.predictor import resolve_spec, spec_from_config, spec_yaml
+from czii.submission import read_submission, to_submission, validate_submission
 from czii.training.loop import train
 
-CPU_TINY = Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 def reference_probs(checkpoints, weights, dataset, runs, *, tta, tile_zyx, overlap, channels=("denoised",)) -> dict:
     """run -> (ensemble probabilities, spacing), from the lower-level parts."""
-    members = [member_from_checkpoint(p, w) for p, w in zip(checkpoints, weights)]
+    members = [ensemble_member(*load_checkpoint(p), weight=w, name=str(p)) for p, w in zip(checkpoints, weights)]
     out = {}
     for run in runs:
         volumes = [dataset.tomogram(run, tomo_type) for tomo_type in channels]
@@ -116,8 +120,9 @@ def test_cli_infer_kaggle_test_split_writes_submission_and_manifest(tiny_sim, ck
     ]
     assert [c["weight"] for c in manifest["checkpoints"]] == [1.0, 1.0]
     assert manifest["thresholds"]["values"] == DEFAULT_THRESHOLDS and "default" in manifest["thresholds"]["source"]
-    assert manifest["tta"] == ["identity"] and manifest["inference"]["infer"]["tile_zyx"] == [32, 96, 96]
-    assert manifest["inference"]["postprocess"] == SAVED_POST
+    assert manifest["tta"] == ["identity"] and manifest["spec"]["tiling"]["tile_zyx"] == [32, 96, 96]
+    assert manifest["spec"]["peaks"] == SAVED_POST and manifest["thresholds"]["spec_check"] == "defaults"
+    assert manifest["spec_hash"] == resolve_spec(run_dir).hash
     assert manifest["device"] == "cpu" and manifest["torch_version"] == torch.__version__
     assert manifest["git_commit"] is None or len(manifest["git_commit"]) == 40
     assert set(manifest["timings"]) == {run}
@@ -133,8 +138,8 @@ def test_cli_tile_and_batch_size_override_the_saved_settings(tiny_sim, ckpts, tm
     rc = main(["infer", "--models", str(run_dir), "--data", str(tiny_sim.kaggle_dir), "--out", str(out),
                "--device", "cpu", "--tile", "32", "32", "32", "--batch-size", "3"])
     assert rc == 0
-    infer = json.loads(manifest_path(out).read_text())["inference"]["infer"]
-    assert infer["tile_zyx"] == [32, 32, 32] and infer["batch_size"] == 3
+    tiling = json.loads(manifest_path(out).read_text())["spec"]["tiling"]
+    assert tiling["tile_zyx"] == [32, 32, 32] and tiling["batch_size"] == 3
     dataset = open_dataset(tiny_sim.kaggle_dir, split="test")
     probs = reference_probs([ckpts["fold0"], ckpts["fold1"]], [1, 1], dataset, dataset.runs(), tta="none",
                             tile_zyx=(32, 32, 32), overlap=0.25)
@@ -148,19 +153,21 @@ def test_cli_tile_and_batch_size_override_the_saved_settings(tiny_sim, ckpts, tm
 
 
 def test_run_dir_thresholds_json_and_flips_tta(tiny_sim, ckpts, tmp_path):
-    assert resolve_models(ckpts["fold0"].parents[2]).thresholds_path is None
-    # a one-fold run directory with a tuned thresholds file
+    assert resolve_spec(ckpts["fold0"].parents[2]).thresholds is None
+    # a one-fold run directory with a hand-written thresholds file (it records no spec)
     tuned = tmp_path / "exp"
     (tuned / "fold0" / "checkpoints").mkdir(parents=True)
     (tuned / "fold0" / "checkpoints" / "best.pt").symlink_to(ckpts["fold0"])
+    (tuned / "config.yaml").symlink_to(ckpts["fold0"].parents[2] / "config.yaml")
     thresholds = {name: 0.35 + 0.05 * i for i, name in enumerate(PARTICLE_NAMES)}
     save_thresholds(tuned / "thresholds.json", thresholds, report={})
-    assert resolve_models(tuned).thresholds_path == tuned / "thresholds.json"
+    assert resolve_spec(tuned).thresholds == str(tuned / "thresholds.json")
 
     run = tiny_sim.train_runs[0]
     result = run_inference(tuned, tiny_sim.copick_config, runs=[run], out_csv=tmp_path / "out.csv", tta="flips",
                            device="cpu", progress=False)
-    assert result.manifest["thresholds"] == {"values": thresholds, "source": str(tuned / "thresholds.json")}
+    assert result.manifest["thresholds"] == {"values": thresholds, "source": str(tuned / "thresholds.json"),
+                                             "tuned_spec_hash": None, "spec_check": "unrecorded"}
     assert result.manifest["tta"] == ["identity", "flip_z", "flip_y", "flip_x"]
     assert result.manifest["data"]["runs"] == [run]
     probs = reference_probs([ckpts["fold0"]], [1], open_dataset(tiny_sim.copick_config), [run], tta="flips",
@@ -179,10 +186,11 @@ def test_ensemble_yaml_weights_overrides_and_copick_overlay(tiny_sim, ckpts, tmp
     thresholds = {name: 0.3 for name in PARTICLE_NAMES}
     save_thresholds(ens / "thr.json", thresholds, report={})
     post = {"method": "cc3d", "min_size_vox": 2}
-    (ens / "ensemble.yaml").write_text(yaml.safe_dump({
-        "members": [{"checkpoint": "fold0.pt", "weight": 3.0}, {"checkpoint": "fold1.pt"}],
-        "thresholds": "thr.json", "tile_zyx": [32, 64, 64], "overlap": 0.5, "postprocess": post,
-    }))
+    config = load_config(CPU_TINY, [*TINY_CHECKPOINT_SETS, "infer.tile_zyx=[32,64,64]", "infer.overlap=0.5",
+                                    "postprocess.method=cc3d", "postprocess.min_size_vox=2"])
+    spec = spec_from_config(config, [(ens / "fold0.pt", 3.0), (ens / "fold1.pt", 1.0)], ens / "thr.json")
+    (ens / "ensemble.yaml").write_text(spec_yaml(spec, ens))
+    assert "fold0.pt" in yaml.safe_load((ens / "ensemble.yaml").read_text())["members"][0]["checkpoint"]
     # a copick project over the simulated tomograms with an overlay of its own, for the written picks
     doc = json.loads(tiny_sim.copick_config.read_text())
     doc["overlay_root"] = str(tmp_path / "overlay")
@@ -194,9 +202,9 @@ def test_ensemble_yaml_weights_overrides_and_copick_overlay(tiny_sim, ckpts, tmp
                            copick_user="czii", copick_session="7", progress=False)
     manifest = result.manifest
     assert [c["weight"] for c in manifest["checkpoints"]] == [3.0, 1.0]
-    assert manifest["inference"]["infer"]["tile_zyx"] == [32, 64, 64]
-    assert manifest["inference"]["infer"]["overlap"] == 0.5
-    assert manifest["inference"]["postprocess"] == {**SAVED_POST, **post}
+    assert manifest["spec"]["tiling"]["tile_zyx"] == [32, 64, 64]
+    assert manifest["spec"]["tiling"]["overlap"] == 0.5
+    assert manifest["spec"]["peaks"] == {**SAVED_POST, **post}
     assert manifest["thresholds"]["source"] == str(ens / "thr.json")
     dataset = open_dataset(config)
     probs = reference_probs([ckpts["fold0"], ckpts["fold1"]], [3.0, 1.0], dataset, runs, tta="none",
@@ -248,15 +256,16 @@ def _refusal_cases(tiny_sim, ckpts, tmp_path) -> dict:
     """case -> (models, data, keyword arguments, error class, message)."""
     run_dir = ckpts["fold0"].parents[2]
     bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text(yaml.safe_dump({"members": [{"checkpoint": "gone.pt"}]}))
+    bad_yaml.write_text(spec_yaml(spec_from_config(load_config(CPU_TINY), [(tmp_path / "gone.pt", 1.0)]), tmp_path))
     unfinished = tmp_path / "unfinished"
     (unfinished / "fold0" / "checkpoints").mkdir(parents=True)
     copick, kaggle = tiny_sim.copick_config, tiny_sim.kaggle_dir
     return {
-        "classes": ([ckpts["fold0"], ckpts["three_classes"]], copick, {}, ConfigError, "disagree on classes"),
-        "channels": ([ckpts["fold0"], ckpts["two_channels"]], copick, {}, ConfigError, "disagree on input_channels"),
+        "classes": ([ckpts["fold0"], ckpts["three_classes"]], copick, {}, ConfigError, "was trained with classes"),
+        "channels": ([ckpts["fold0"], ckpts["two_channels"]], copick, {}, ConfigError,
+                     "was trained with input.channels"),
         "checkpoint": ([tmp_path / "missing.pt"], copick, {}, DataError, "missing.pt not found"),
-        "yaml_member": ([bad_yaml], copick, {}, DataError, "gone.pt not found"),
+        "yaml_member": ([bad_yaml], copick, {}, DataError, "checkpoints not found"),
         "unfinished_fold": ([unfinished], copick, {}, DataError, "fold0 has no checkpoints/best.pt"),
         "run": ([run_dir], copick, {"runs": ["TS_nope"]}, DataError, "unknown runs ['TS_nope']"),
         "tomo_type": ([ckpts["wbp"]], kaggle, {}, DataError, "run 'TS_test_00' has no tomogram of type 'wbp'"),

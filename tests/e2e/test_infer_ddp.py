@@ -19,7 +19,7 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def _torchrun_infer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "czii.cli", "infer", "--device", "cpu", *args]
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "czii", "infer", "--device", "cpu", *args]
     # torchrun gives each rank one thread; the single-process reference below uses one too
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -32,8 +32,10 @@ from packaging.requirements import Requirement
 from packaging.tags import sys_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from czii.config import config_to_dict, load_config
-from czii.inference.pipeline import manifest_path, resolve_models
+from czii.config import config_to_dict, load_config, save_resolved
+from czii.inference.pipeline import manifest_path
+from czii.predictor import load_spec, resolve_spec
+from czii.registry import resolve_tta
 from czii.kaggle import BuildResult, WheelTarget, build_kaggle_dataset, is_provided, verify_dataset
 from czii.metric import score
 from czii.models import build_model, output_channels, save_checkpoint
@@ -82,6 +84,7 @@ def model_run(tmp_path_factory) -> Path:
         "normalisation": dataclasses.asdict(config.data.normalisation), "level": config.data.level,
         "state_dict": model.state_dict(), "ema_state_dict": None, "epoch": 0, "config": config_to_dict(config),
     })
+    save_resolved(config, run_dir / "config.yaml")
     save_thresholds(run_dir / "thresholds.json", {name: 0.3 + 0.05 * i for i, name in enumerate(PARTICLE_NAMES)},
                     report={"source": "test"})
     return run_dir
@@ -135,12 +138,14 @@ def test_build_writes_a_verified_self_contained_folder(built, model_run):
 
     ensemble = yaml.safe_load((out / "inference.yaml").read_text())
     assert ensemble["thresholds"] == "thresholds.json" and not Path(ensemble["members"][0]["checkpoint"]).is_absolute()
-    assert ensemble["tta"] == load_config(CPU_TINY).infer.tta and ensemble["tile_zyx"] == [32, 96, 96]
-    source = resolve_models(out / "inference.yaml")
-    assert [p.resolve().parent for p in source.checkpoints] == [(out / "models").resolve()]
+    assert ensemble["tta"] == list(resolve_tta(load_config(CPU_TINY).infer.tta))
+    assert ensemble["tiling"]["tile_zyx"] == [32, 96, 96]
+    source = load_spec(out / "inference.yaml")
+    assert [Path(m.checkpoint).resolve().parent for m in source.members] == [(out / "models").resolve()]
     original = model_run / "fold0" / "checkpoints" / "best.pt"
-    assert source.checkpoints[0].read_bytes() == original.read_bytes()
-    assert load_thresholds(source.thresholds_path) == load_thresholds(model_run / "thresholds.json")
+    assert Path(source.members[0].checkpoint).read_bytes() == original.read_bytes()
+    assert load_thresholds(source.thresholds) == load_thresholds(model_run / "thresholds.json")
+    assert source.hash == resolve_spec(model_run).hash == manifest["models"]["spec_hash"]
 
 
 def test_rebuild_replaces_a_previous_build_and_keeps_the_kaggle_metadata(built, model_run, tmp_path):

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
+from conftest import CPU_TINY
 
 from czii.cli import SUBCOMMANDS, main
+from czii.config import load_config
+from czii.predictor import spec_from_config, spec_yaml
 from czii.errors import BuildError, ConfigError, DataError
 from czii.kaggle import (
     WheelSource,
@@ -189,7 +191,8 @@ def test_build_refuses_bad_outputs_and_missing_checkpoints(tmp_path):
     with pytest.raises(DataError, match=str(checkpoint)):
         build_kaggle_dataset(checkpoint, tmp_path / "out" / "ds", progress=False)
     ensemble = tmp_path / "ensemble.yaml"
-    ensemble.write_text(yaml.safe_dump({"members": [{"checkpoint": "runs/b/best.pt", "weight": 1.0}]}))
+    ensemble.write_text(spec_yaml(spec_from_config(load_config(CPU_TINY), [(tmp_path / "runs/b/best.pt", 1.0)]),
+                                  tmp_path))
     with pytest.raises(DataError, match="runs/b/best.pt"):
         build_kaggle_dataset(ensemble, tmp_path / "out" / "ds", progress=False)
     assert list((tmp_path / "out").iterdir()) == [], "a failed build left files behind"

@@ -11,7 +11,8 @@ import torch
 from czii.config import ModelConfig, load_config
 from czii.errors import ConfigError, DataError
 from czii.inference import predict_volume
-from czii.models import build_model, load_checkpoint, member_from_checkpoint, save_checkpoint, stride
+from czii.inference.predictor import ensemble_member
+from czii.models import build_model, load_checkpoint, save_checkpoint, stride
 
 SMALL = ModelConfig(encoder_name="resnet18", encoder_depth=2, decoder_channels=[16, 8], decoder_attention_type=None)
 
@@ -75,7 +76,7 @@ def test_member_from_checkpoint_predicts_a_volume(tmp_path):
     model = build_model(SMALL, 1, 3)
     path = tmp_path / "last.pt"
     save_checkpoint(path, _checkpoint(model, activation="softmax"))
-    member = member_from_checkpoint(path, weight=2.0)
+    member = ensemble_member(*load_checkpoint(path), weight=2.0, name=str(path))
     assert member.activation == "softmax" and member.weight == 2.0 and member.stride == 4
     assert member.classes == ("apo-ferritin", "ribosome")
     probs = predict_volume([member], np.random.default_rng(0).normal(size=(1, 12, 20, 20)).astype(np.float32),

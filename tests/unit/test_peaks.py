@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage
 
 from czii.errors import ConfigError, CziiError, DataError
-from czii.postprocess.peaks import PICK_COLUMNS, detect_peaks
+from czii.picks import CANDIDATE_COLUMNS
+from czii.postprocess.peaks import detect_peaks
 
 SPACING_ZYX_A = (10.012444, 9.5, 11.25)  # distinct per axis so a swapped axis shows
 
@@ -36,7 +37,7 @@ def test_maxpool_finds_planted_blobs_at_their_angstrom_positions():
 
     picks = detect_peaks(probs, classes, SPACING_ZYX_A, thresholds=0.3, run="TS_1")
 
-    assert list(picks.columns) == list(PICK_COLUMNS)
+    assert list(picks.columns) == list(CANDIDATE_COLUMNS)
     assert (picks["experiment"] == "TS_1").all()
     assert picks["particle_type"].tolist() == classes
     for name in classes:
@@ -133,7 +134,7 @@ def test_merge_factor_keeps_the_highest_scoring_pick():
 
 def test_empty_result_has_the_pick_columns():
     picks = detect_peaks(np.zeros((2, 8, 8, 8), np.float32), ["apo-ferritin", "ribosome"], 10.0, thresholds=0.1, run="r")
-    assert len(picks) == 0 and list(picks.columns) == list(PICK_COLUMNS)
+    assert len(picks) == 0 and list(picks.columns) == list(CANDIDATE_COLUMNS)
 
 
 @pytest.mark.parametrize(

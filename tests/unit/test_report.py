@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import _write_oof_spec
 
 from czii.errors import DataError
 from czii.particles import PARTICLE_NAMES, get_particle
@@ -113,14 +114,18 @@ def test_overlay_slab_round_trips_through_npz(tmp_path):
 
 def test_match_flags_follow_the_metric_radius_and_class():
     r = get_particle("ribosome").match_radius_A
-    truth = pd.DataFrame({"particle_type": ["ribosome", "ribosome", "apo-ferritin"],
-                          "x": [0.0, 1000.0, 0.0], "y": [0.0, 0.0, 500.0], "z": [0.0, 0.0, 0.0]})
-    picks = pd.DataFrame({"particle_type": ["ribosome", "ribosome", "thyroglobulin", "apo-ferritin"],
-                          "x": [r, 1000.0 + r + 1.0, 0.0, 0.0], "y": [0.0, 0.0, 0.0, 500.0], "z": [0.0] * 4})
+    truth = pd.DataFrame({"experiment": ["TS_a", "TS_a", "TS_a", "TS_b"],
+                          "particle_type": ["ribosome", "ribosome", "apo-ferritin", "ribosome"],
+                          "x": [0.0, 1000.0, 0.0, 3000.0], "y": [0.0, 0.0, 500.0, 0.0], "z": [0.0] * 4})
+    picks = pd.DataFrame({"experiment": ["TS_a", "TS_a", "TS_a", "TS_a", "TS_a"],
+                          "particle_type": ["ribosome", "ribosome", "thyroglobulin", "apo-ferritin", "ribosome"],
+                          "x": [r, 1000.0 + r + 1.0, 0.0, 0.0, 3000.0], "y": [0.0, 0.0, 0.0, 500.0, 0.0],
+                          "z": [0.0] * 5})
     found, matched = match_flags(truth, picks)
-    # at exactly 0.5 x radius a pick counts (inclusive); just beyond it does not; another class never does
-    assert found.tolist() == [True, False, True]
-    assert matched.tolist() == [True, False, False, True]
+    # at exactly 0.5 x radius a pick counts (inclusive); just beyond it does not; another class never does;
+    # a pick at the very position of a truth point of another run does not find it
+    assert found.tolist() == [True, False, True, False]
+    assert matched.tolist() == [True, False, False, True, False]
 
 
 def test_overlay_figure(tmp_path, assert_valid_png):
@@ -134,6 +139,7 @@ def _run_dir(tmp_path, rng):
         (run_dir / f"fold{k}" / "oof").mkdir(parents=True)
         truth.to_csv(run_dir / f"fold{k}" / "oof" / "truth.csv", index=False)
         candidates.to_csv(run_dir / f"fold{k}" / "oof" / "candidates.csv", index=False)
+        _write_oof_spec(run_dir / f"fold{k}" / "oof")
         pd.DataFrame({"epoch": [1, 2], "train_loss": [0.8, 0.5], "val_score": [0.2, 0.4], "lr": 1e-3,
                       "seconds": 1.0}).to_csv(run_dir / f"fold{k}" / "history.csv", index=False)
     return run_dir

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from czii.data import load_solution
 from czii.errors import SubmissionError
 from czii.geometry import extent_xyz_A
 from czii.submission import (
-    load_solution,
     read_submission,
     to_submission,
     validate_submission,

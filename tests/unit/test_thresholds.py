@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import _write_oof_spec
 
 from czii.cli import main
 from czii.errors import ConfigError, DataError
@@ -20,6 +21,7 @@ from czii.postprocess.thresholds import (
     load_thresholds,
     save_thresholds,
     score_at,
+    tune_run_dir,
     tune_thresholds,
 )
 
@@ -256,11 +258,39 @@ def test_thresholds_file_round_trip_and_bad_files(tmp_path):
             load_thresholds(tmp_path / name)
 
 
-def _write_fold(run_dir, fold: str, cands: pd.DataFrame, truth: pd.DataFrame) -> None:
+def _write_fold(run_dir, fold: str, cands: pd.DataFrame, truth: pd.DataFrame, overrides=()) -> str:
     oof = run_dir / fold / "oof"
     oof.mkdir(parents=True)
     cands.to_csv(oof / "candidates.csv", index=False)
     truth.to_csv(oof / "truth.csv", index=False)
+    return _write_oof_spec(oof, overrides)
+
+
+def test_tune_records_the_spec_of_the_candidates_and_refuses_mixed_or_unrecorded_specs(tmp_path, capsys):
+    cands, truth = _synthetic(5, runs=("TS_1", "TS_2"))
+    cands = cands[cands.experiment != "TS_not_in_truth"]
+    run_dir = tmp_path / "exp"
+    h0 = _write_fold(run_dir, "fold0", cands[cands.experiment == "TS_1"], truth[truth.experiment == "TS_1"])
+    h1 = _write_fold(run_dir, "fold1", cands[cands.experiment == "TS_2"], truth[truth.experiment == "TS_2"])
+    assert h0 == h1
+    report = tune_run_dir(run_dir)
+    doc = json.loads((run_dir / "thresholds.json").read_text())
+    assert report.spec_hash == doc["spec_hash"] == h0 and doc["spec"]["tta"] == ["identity", "flip_z", "flip_y",
+                                                                                 "flip_x"]
+
+    mixed = tmp_path / "mixed"
+    _write_fold(mixed, "fold0", cands[cands.experiment == "TS_1"], truth[truth.experiment == "TS_1"])
+    h_other = _write_fold(mixed, "fold1", cands[cands.experiment == "TS_2"], truth[truth.experiment == "TS_2"],
+                          overrides=("infer.tta=flips_rot90",))
+    assert h_other != h0
+    assert main(["tune", "--run-dir", str(mixed)]) == 2
+    err = capsys.readouterr().err
+    assert "different predictor specs" in err and h0 in err and h_other in err
+    assert not (mixed / "thresholds.json").exists()
+
+    (run_dir / "fold1" / "oof" / "spec.json").unlink()
+    assert main(["tune", "--run-dir", str(run_dir), "--out", str(tmp_path / "t.json")]) == 2
+    assert "spec.json not found" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
 
 
 def test_cli_tune_on_a_hand_made_run_dir(tmp_path, capsys):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from czii.errors import ConfigError, DataError
-from czii.inference import BLEND_MODES, EnsembleMember, blend_window, plan_tiles, predict_volume
+from czii.inference import EnsembleMember, blend_window, plan_tiles, predict_volume
+from czii.registry import BLEND_MODES
 
 
 def _member(model: torch.nn.Module, n_classes: int, stride: int = 8) -> EnsembleMember:

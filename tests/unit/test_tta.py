@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from czii.errors import ConfigError
-from czii.inference import PRIMITIVES, TTA_PRESETS, EnsembleMember, apply_tta, invert_tta, predict_volume, resolve_tta
+from czii.inference import EnsembleMember, apply_tta, invert_tta, predict_volume
+from czii.registry import TTA_PRESETS, resolve_tta
+from czii.registry import TTA_PRIMITIVES as PRIMITIVES
 
 ALL_NAMES = sorted(set(PRIMITIVES) | {n for names in TTA_PRESETS.values() for n in names})
 

@@ -1,7 +1,7 @@
 """``czii infer``: predict a dataset with trained models; writes a submission CSV and its manifest.
 
 Under ``torchrun`` the runs are shared out over the processes and rank 0 writes the outputs
-(``torchrun --nproc_per_node N -m czii.cli infer ...``).
+(``torchrun --nproc_per_node N -m czii infer ...``).
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from czii.inference.tta import TTA_PRESETS
+from czii.registry import TTA_PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", required=True, nargs="+", metavar="PATH",
                         help="a training run directory (every fold's best.pt; its thresholds.json), "
-                             "checkpoint files (equal weights) or an ensemble YAML")
+                             "checkpoint files (equal weights) or a predictor spec / ensemble YAML")
     parser.add_argument("--data", required=True,
                         help="a copick config JSON, a Kaggle competition directory or one of its split folders")
     parser.add_argument("--split", choices=("train", "test"), default="test",
@@ -23,13 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="+", metavar="RUN", help="runs to predict (default: every run)")
     parser.add_argument("--tta", metavar="PRESET",
                         help=f"TTA preset ({', '.join(TTA_PRESETS)}) or comma-separated transforms; "
-                             "default: the checkpoint's infer.tta")
+                             "default: the spec's. Changes scores: tuned thresholds are then refused "
+                             "unless --allow-spec-mismatch")
     parser.add_argument("--thresholds", metavar="FILE",
                         help="thresholds JSON from `czii tune` (default: the models' thresholds.json, else defaults)")
     parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         help="sliding-window tile (multiples of the network stride; default: the checkpoint's "
                              "infer.tile_zyx); e.g. 64 128 128 keeps a full tomogram under 8 GB of RAM on CPU")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: the checkpoint's)")
+    parser.add_argument("--allow-spec-mismatch", action="store_true",
+                        help="use thresholds tuned under another predictor spec (other TTA, tiles, ...); the "
+                             "manifest records it. Without it such thresholds are refused")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
@@ -45,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
         args.models, args.data, split=args.split, runs=args.runs, out_csv=args.out, tta=tta,
         thresholds=args.thresholds, device=args.device, copick_user=args.copick_user,
         copick_session=args.copick_session, tile_zyx=args.tile, batch_size=args.batch_size,
+        allow_spec_mismatch=args.allow_spec_mismatch,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.manifest
         counts = ", ".join(f"{name} {n}" for name, n in m["picks_per_class"].items())
         print(f"{len(m['data']['runs'])} runs, {m['n_picks']} picks ({counts}) in {m['total_seconds']:.1f} s "
-              f"on {m['device']} x{m['world_size']}; thresholds: {m['thresholds']['source']}")
+              f"on {m['device']} x{m['world_size']}; predictor spec {m['spec_hash']}; thresholds: "
+              f"{m['thresholds']['source']} ({m['thresholds']['spec_check']})")
         print(f"wrote {args.out} and {manifest_path(args.out)}")
     return 0

@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from czii.inference.tta import TTA_PRESETS
+from czii.registry import TTA_PRESETS
 from czii.kaggle import KAGGLE_PLATFORMS, KAGGLE_PYTHON_VERSION, PROVIDED_PATTERNS, WheelTarget, build_kaggle_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", required=True, nargs="+", metavar="PATH",
                         help="a training run directory (every fold's best.pt; its thresholds.json), "
-                             "checkpoint files (equal weights) or an ensemble YAML")
+                             "checkpoint files (equal weights) or a predictor spec / ensemble YAML")
     parser.add_argument("--out", type=Path, default=Path("kaggle_dataset"),
                         help="folder to write (default: kaggle_dataset); a previous build there is replaced")
     parser.add_argument("--python-version", default=KAGGLE_PYTHON_VERSION,
@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the models' infer.tta")
     parser.add_argument("--thresholds", type=Path, metavar="FILE",
                         help="thresholds JSON to ship (default: the models' thresholds.json, else the defaults)")
+    parser.add_argument("--allow-spec-mismatch", action="store_true",
+                        help="ship thresholds tuned under another predictor spec (e.g. after --tta); recorded")
     parser.epilog = f"Not bundled (assumed present on Kaggle): {', '.join(PROVIDED_PATTERNS)}."
 
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     target = WheelTarget(args.python_version, tuple(args.platforms or KAGGLE_PLATFORMS))
     tta = args.tta.split(",") if args.tta and "," in args.tta else args.tta
     result = build_kaggle_dataset(args.models, args.out, target=target, wheels_from=args.wheels_from,
-                                  tta=tta, thresholds=args.thresholds)
+                                  tta=tta, thresholds=args.thresholds,
+                                  allow_spec_mismatch=args.allow_spec_mismatch)
     m = result.manifest
     print(f"{len(m['wheels'])} wheels ({result.wheels_bytes / 2**20:.0f} MiB) for {target.key}, "
           f"{len(m['models']['members'])} models ({m['models']['description']}), TTA {', '.join(m['models']['tta'])}, "

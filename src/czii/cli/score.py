@@ -6,7 +6,7 @@ import argparse
 import json
 
 from czii.metric import format_table, score
-from czii.submission import load_solution, read_submission
+from czii.submission import read_submission
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from czii.data import load_solution  # copick: imported only when scoring
+
     report = score(load_solution(args.solution, split=args.split), read_submission(args.submission))
     print(json.dumps(report.to_dict()) if args.json else format_table(report))
     return 0

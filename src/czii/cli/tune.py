@@ -2,7 +2,11 @@
 
 Prints the score at the default thresholds, the tuned score in-sample (optimistic: tuned and
 scored on the same runs) and cross-fitted (honest: each fold scored with thresholds tuned on
-the other folds), a per-class table, and writes ``<run-dir>/thresholds.json`` (or ``--out``).
+the other folds), a per-class table, and writes ``<run-dir>/thresholds.json`` (or ``--out``)
+with the hash and recipe of the predictor spec the candidates were made with: what
+``czii infer --models <run-dir>`` then ships. ``--set infer.tta=full16`` (any ``infer.*`` or
+``postprocess.*`` key) or ``--repredict`` first predicts every fold's held-out runs again with
+its ``best.pt`` under the changed spec (needs the training data: the run's config, or ``--data``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from czii.postprocess.thresholds import tune_run_dir
 
 
 def _grid(text: str) -> np.ndarray | None:
@@ -33,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-dir", required=True, help="training run directory with fold<K>/oof/{candidates,truth}.csv"
     )
     parser.add_argument("--out", help="thresholds JSON to write (default: <run-dir>/thresholds.json)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the shipped predictor (infer.* or postprocess.* keys, e.g. infer.tta=full16) "
+                             "and predict the out-of-fold runs again under it before tuning; repeatable")
+    parser.add_argument("--repredict", action="store_true",
+                        help="predict the out-of-fold runs again under the run's spec even without --set")
+    parser.add_argument("--data", nargs="+", metavar="PATH", help="training data for re-predicting (default: the "
+                        "run config's sources)")
+    parser.add_argument("--device", default="cpu", help="device for re-predicting (default: cpu)")
     parser.add_argument(
         "--grid",
         type=_grid,
@@ -44,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from czii.postprocess.thresholds import tune_run_dir
+
+    if args.overrides or args.repredict:
+        from czii.training.oof import repredict_run_dir
+
+        spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=args.device)
+        print(f"re-predicted the out-of-fold runs under predictor spec {spec.hash}")
     rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid)
     n_runs = sum(len(r) for r in rep.folds.values())
     print(
@@ -63,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
               "  (honest: each fold tuned on the other folds)")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(rep.per_class.to_string(index=False))
-    print(f"wrote {rep.path}")
+    print(f"wrote {rep.path} (tuned under predictor spec {rep.spec_hash})")
     return 0

@@ -40,9 +40,9 @@ from czii.data.staging import (
     find_kaggle_split,
     stage_kaggle_split,
 )
-from czii.errors import ConfigError, DataError
+from czii.errors import ConfigError, DataError, SubmissionError
 from czii.particles import BY_NAME, PARTICLE_NAMES
-from czii.submission import PICK_COLUMNS
+from czii.picks import PICK_COLUMNS, empty_table, read_picks_csv
 
 KAGGLE_TOMO_TYPE = "denoised"
 NAN_POLICIES = ("error", "repair")
@@ -291,7 +291,7 @@ class Dataset:
                     "experiment": run, "particle_type": cls, "x": xyz_A[:, 0], "y": xyz_A[:, 1], "z": xyz_A[:, 2],
                 }))
         if not frames:
-            return pd.DataFrame({c: pd.Series(dtype=float if c in ("x", "y", "z") else object) for c in PICK_COLUMNS})
+            return empty_table(PICK_COLUMNS)
         df = pd.concat(frames, ignore_index=True)
         return df.sort_values(list(PICK_COLUMNS), kind="mergesort").reset_index(drop=True)
 
@@ -382,3 +382,24 @@ def open_dataset(
         root, config_path, source=source, split=split_dir.name, aliases=alias_map,
         tomo_type=tomo_type or KAGGLE_TOMO_TYPE,
     )
+
+
+def load_solution(path: str | Path, split: str | None = None) -> pd.DataFrame:
+    """Truth picks (experiment, particle_type, x, y, z Å) from a CSV, a copick config JSON or a Kaggle directory.
+
+    ``split`` ("train"/"test") selects the split of a Kaggle directory (:func:`open_dataset`);
+    it is not used for a CSV. SubmissionError for a missing or malformed source or no picks.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        table = read_picks_csv(path, "solution")
+    elif path.is_dir() or (path.is_file() and path.suffix.lower() == ".json"):
+        table = open_dataset(path, split=split).picks()
+    else:
+        raise SubmissionError(
+            f"solution {path} must be a CSV file, a copick config JSON or a Kaggle directory"
+            + ("" if path.exists() else " (it does not exist)")
+        )
+    if table.empty:
+        raise SubmissionError(f"solution {path} holds no truth picks" + (f" (split {split!r})" if split else ""))
+    return table[list(PICK_COLUMNS)]

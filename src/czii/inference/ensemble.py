@@ -22,9 +22,9 @@ import torch
 
 from czii.errors import ConfigError, DataError
 from czii.inference.tiling import sliding_window
-from czii.inference.tta import apply_tta, invert_tta, resolve_tta
+from czii.inference.tta import apply_tta, invert_tta
+from czii.registry import ACTIVATIONS, resolve_tta
 
-ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softmax")
 
 
 @dataclass

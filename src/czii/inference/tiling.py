@@ -33,8 +33,8 @@ import torch
 from tqdm import tqdm
 
 from czii.errors import ConfigError, DataError
+from czii.registry import BLEND_MODES
 
-BLEND_MODES: tuple[str, ...] = ("gaussian", "linear", "constant")
 WINDOW_FLOOR = 1e-3  # per-axis lower bound of a blend window: keeps every voxel's weight > 0
 
 

@@ -10,51 +10,18 @@ A transform name is one primitive or several joined by ``+`` and applied left to
 Every transform is a permutation of voxels, so ``invert_tta(apply_tta(t, n), n) == t``
 exactly. A rotation swaps the y and x sides: a non-square tile stays valid for any model
 whose sides only need to be multiples of a stride, so TTA is applied per tile
-(transform the tile, predict, invert the prediction).
+(transform the tile, predict, invert the prediction). The names and presets live in the
+torch-free :mod:`czii.registry` (re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from czii.errors import ConfigError
-
-PRIMITIVES: tuple[str, ...] = (
-    "identity",
-    "flip_z",
-    "flip_y",
-    "flip_x",
-    "rot90_xy_1",
-    "rot90_xy_2",
-    "rot90_xy_3",
-)
+from czii.registry import TTA_PRESETS, TTA_PRIMITIVES, resolve_tta, tta_steps
 
 _FLIP_DIM = {"flip_z": -3, "flip_y": -2, "flip_x": -1}
 _ROT_K = {"rot90_xy_1": 1, "rot90_xy_2": 2, "rot90_xy_3": 3}
-
-_D4_XY = ("identity", "rot90_xy_1", "rot90_xy_2", "rot90_xy_3",
-          "flip_x", "flip_x+rot90_xy_1", "flip_x+rot90_xy_2", "flip_x+rot90_xy_3")
-
-TTA_PRESETS: dict[str, tuple[str, ...]] = {
-    "none": ("identity",),
-    "flips": ("identity", "flip_z", "flip_y", "flip_x"),
-    "flips_rot90": ("identity", "flip_z", "flip_y", "flip_x", "rot90_xy_1", "rot90_xy_2", "rot90_xy_3"),
-    "full16": _D4_XY + tuple(f"flip_z+{name}" if name != "identity" else "flip_z" for name in _D4_XY),
-}
-
-
-def _steps(name: str) -> tuple[str, ...]:
-    steps = tuple(name.split("+"))
-    unknown = [s for s in steps if s not in PRIMITIVES]
-    if not name or unknown:
-        raise ConfigError(
-            f"unknown TTA transform {name!r}; valid transforms: {', '.join(PRIMITIVES)} "
-            f"(or several joined by '+', e.g. 'flip_z+rot90_xy_1'); "
-            f"presets: {', '.join(TTA_PRESETS)}"
-        )
-    return steps
 
 
 def _apply_step(t: torch.Tensor, step: str, inverse: bool) -> torch.Tensor:
@@ -66,28 +33,18 @@ def _apply_step(t: torch.Tensor, step: str, inverse: bool) -> torch.Tensor:
     return t
 
 
-def resolve_tta(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Transform names for ``spec``: a preset name, one transform name, or a list of names.
-
-    Raises ConfigError listing the valid names when one is unknown or the list is empty.
-    """
-    names = TTA_PRESETS.get(spec, (spec,)) if isinstance(spec, str) else tuple(spec)
-    if not names:
-        raise ConfigError(f"empty TTA list; use ('identity',) or a preset: {', '.join(TTA_PRESETS)}")
-    for name in names:
-        _steps(name)
-    return names
-
-
 def apply_tta(t: torch.Tensor, name: str) -> torch.Tensor:
     """Transform the last three (z, y, x) axes of ``t`` by the named transform."""
-    for step in _steps(name):
+    for step in tta_steps(name):
         t = _apply_step(t, step, inverse=False)
     return t
 
 
 def invert_tta(t: torch.Tensor, name: str) -> torch.Tensor:
     """Undo :func:`apply_tta` ``name`` on the last three axes (steps reversed, each inverted)."""
-    for step in reversed(_steps(name)):
+    for step in reversed(tta_steps(name)):
         t = _apply_step(t, step, inverse=True)
     return t
+
+
+__all__ = ["TTA_PRESETS", "TTA_PRIMITIVES", "apply_tta", "invert_tta", "resolve_tta"]

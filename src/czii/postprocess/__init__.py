@@ -1,6 +1,6 @@
 """Post-processing: probability volumes → scored picks, and per-class thresholds tuned on OOF candidates."""
 
-from czii.postprocess.peaks import METHODS, PICK_COLUMNS, detect_peaks
+from czii.postprocess.peaks import detect_peaks
 from czii.postprocess.thresholds import (
     DEFAULT_THRESHOLDS,
     class_curves,
@@ -13,8 +13,6 @@ from czii.postprocess.thresholds import (
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
-    "METHODS",
-    "PICK_COLUMNS",
     "class_curves",
     "cross_fitted_score",
     "detect_peaks",

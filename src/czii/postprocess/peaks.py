@@ -45,10 +45,10 @@ from scipy.spatial import cKDTree
 from czii.errors import ConfigError, DataError
 from czii.geometry import Spacing, spacing_zyx, zyx_vox_to_xyz_A
 from czii.particles import get_particle
+from czii.picks import CANDIDATE_COLUMNS
+from czii.registry import PEAK_METHODS
 from czii.postprocess.thresholds import check_classes, resolve_thresholds
 
-PICK_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", "x", "y", "z", "score")
-METHODS: tuple[str, ...] = ("maxpool", "cc3d")
 
 
 def detect_peaks(
@@ -75,8 +75,8 @@ def detect_peaks(
     min_size = {c: int(min_size_vox[c]) for c in classes}
     if any(v < 0 for v in min_size.values()):
         raise ConfigError(f"min_size_vox must be >= 0, got {min_size}")
-    if method not in METHODS:
-        raise ConfigError(f"unknown peak method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in PEAK_METHODS:
+        raise ConfigError(f"unknown peak method {method!r}; expected one of {', '.join(PEAK_METHODS)}")
     if not nms_radius_factor > 0:
         raise ConfigError(f"nms_radius_factor must be > 0, got {nms_radius_factor!r}")
     if merge_factor is not None and not merge_factor > 0:
@@ -108,7 +108,7 @@ def detect_peaks(
                 }
             )
         )
-    return pd.concat(frames, ignore_index=True)[list(PICK_COLUMNS)]
+    return pd.concat(frames, ignore_index=True)[list(CANDIDATE_COLUMNS)]
 
 
 def _maxpool_peaks(p_zyx: np.ndarray, threshold: float, kernel_zyx: tuple[int, int, int]):

@@ -32,18 +32,16 @@ from typing import Callable, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_write_text
 from czii.particles import PARTICLE_NAMES, TOTAL_WEIGHT, get_particle
-from czii.submission import PICK_COLUMNS
+from czii.picks import check_picks_table, neighbours, read_picks_csv
+from czii.rundir import RunDir
 
 BETA: float = 4.0
 # low and recall-oriented (winning solutions used 0.1–0.25; see docs/FIELD_NOTES)
 DEFAULT_THRESHOLDS: dict[str, float] = {name: 0.2 for name in PARTICLE_NAMES}
-
-CANDIDATE_COLUMNS: tuple[str, ...] = PICK_COLUMNS + ("score",)
 
 # class -> run -> (best candidate score per truth point (-inf: none in range), candidate scores)
 _Prepared = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
@@ -156,6 +154,11 @@ def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, float], *,
 
 def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
     """The ``thresholds`` mapping of a thresholds file, validated (known classes, values in [0, 1])."""
+    return load_thresholds_doc(path)["thresholds"]
+
+
+def load_thresholds_doc(path: str | os.PathLike) -> dict:
+    """The whole thresholds file (``thresholds`` validated; ``spec_hash`` and ``spec`` when tuned by czii)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -169,54 +172,86 @@ def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
             f"thresholds file {path}: expected a JSON object with a 'thresholds' object "
             f"(class name → threshold), found {keys}"
         )
-    return _check_threshold_map(doc["thresholds"], f"thresholds file {path}")
+    doc["thresholds"] = _check_threshold_map(doc["thresholds"], f"thresholds file {path}")
+    if "spec_hash" in doc and not isinstance(doc["spec_hash"], str):
+        raise ConfigError(f"thresholds file {path}: spec_hash must be a string, got {doc['spec_hash']!r}")
+    return doc
 
 
 @dataclass
 class OOF:
-    """Out-of-fold predictions of a run directory."""
+    """Out-of-fold predictions of a run directory and the predictor spec they were made with."""
 
     candidates: pd.DataFrame
     truth: pd.DataFrame
     groups: dict[str, str]  # run -> fold directory name
+    spec_hash: str
+    spec: dict  # the recipe (czii.predictor.recipe) of that spec
     skipped: list[str] = field(default_factory=list)  # fold directories without oof/ files
 
 
+def _check_table(df: pd.DataFrame, what, score: bool) -> pd.DataFrame:
+    return check_picks_table(df, str(what), score=score, known=PARTICLE_NAMES, error=DataError)
+
+
+def read_oof_spec(path: Path) -> dict:
+    """``oof/spec.json``: ``{"spec_hash", "spec"}`` (DataError naming the file otherwise)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: these out-of-fold candidates do not say which predictor spec made "
+                        "them (written by an older czii); re-run `czii tune --run-dir <run dir> --repredict` "
+                        "to predict them again under the shipped spec") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec_hash"), str) or not isinstance(doc.get("spec"), dict):
+        raise DataError(f"{path}: expected a JSON object with 'spec_hash' and 'spec'")
+    return doc
+
+
 def read_oof(run_dir: str | os.PathLike) -> OOF:
-    """Read ``fold*/oof/candidates.csv`` and ``fold*/oof/truth.csv`` of a run directory."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"run directory {run_dir} does not exist")
-    names = ("candidates.csv", "truth.csv")
-    cands, truths, groups, skipped = [], [], {}, []
-    for fold_dir in sorted(p for p in run_dir.glob("fold*") if p.is_dir()):
-        present = [n for n in names if (fold_dir / "oof" / n).is_file()]
+    """Every fold's ``oof/{candidates,truth}.csv`` and ``oof/spec.json`` (all folds under one spec)."""
+    rd = RunDir(run_dir)
+    if not rd.path.is_dir():
+        raise DataError(f"run directory {rd.path} does not exist")
+    cands, truths, groups, skipped, specs = [], [], {}, [], {}
+    for fold in rd.folds():
+        present = [p for p in (fold.candidates, fold.truth) if p.is_file()]
         if not present:
-            skipped.append(fold_dir.name)
+            skipped.append(fold.name)
             continue
         if len(present) == 1:
-            raise DataError(f"{fold_dir / 'oof'} has {present[0]} but not {(set(names) - set(present)).pop()}")
-        cand = _check_picks(_read_csv(fold_dir / "oof" / "candidates.csv"), fold_dir / "oof" / "candidates.csv", True)
-        true = _check_picks(_read_csv(fold_dir / "oof" / "truth.csv"), fold_dir / "oof" / "truth.csv", False)
+            other = ({fold.candidates, fold.truth} - set(present)).pop()
+            raise DataError(f"{fold.oof} has {present[0].name} but not {other.name}")
+        cand = _check_table(read_picks_csv(fold.candidates, "candidates", error=DataError), fold.candidates, True)
+        true = _check_table(read_picks_csv(fold.truth, "truth", error=DataError), fold.truth, False)
         stray = sorted(set(cand.experiment) - set(true.experiment))
         if stray:
             raise DataError(
-                f"{fold_dir / 'oof' / 'candidates.csv'} has runs {stray} that are not in truth.csv "
+                f"{fold.candidates} has runs {stray} that are not in truth.csv "
                 f"(truth runs: {sorted(set(true.experiment))})"
             )
         for run in sorted(set(true.experiment)):
             if run in groups:
-                raise DataError(f"run {run!r} is held out in both {groups[run]} and {fold_dir.name}")
-            groups[run] = fold_dir.name
+                raise DataError(f"run {run!r} is held out in both {groups[run]} and {fold.name}")
+            groups[run] = fold.name
+        specs[fold.name] = read_oof_spec(fold.oof_spec)
         cands.append(cand)
         truths.append(true)
     if not cands:
         raise DataError(
-            f"no out-of-fold predictions in {run_dir}: expected fold<K>/oof/candidates.csv and "
+            f"no out-of-fold predictions in {rd.path}: expected fold<K>/oof/candidates.csv and "
             f"fold<K>/oof/truth.csv (written by `czii train`); fold directories found: "
-            f"{sorted(p.name for p in run_dir.glob('fold*')) or 'none'}"
+            f"{[f.name for f in rd.folds()] or 'none'}"
         )
-    return OOF(pd.concat(cands, ignore_index=True), pd.concat(truths, ignore_index=True), groups, skipped)
+    hashes = {name: doc["spec_hash"] for name, doc in specs.items()}
+    if len(set(hashes.values())) > 1:
+        raise DataError(f"{rd.path}: the folds' out-of-fold candidates were predicted under different predictor "
+                        f"specs ({', '.join(f'{k}: {v}' for k, v in hashes.items())}); thresholds tuned on them "
+                        "would describe no single predictor. Re-predict them with `czii tune --repredict`")
+    first = next(iter(specs.values()))
+    return OOF(pd.concat(cands, ignore_index=True), pd.concat(truths, ignore_index=True), groups,
+               first["spec_hash"], first["spec"], skipped)
 
 
 @dataclass
@@ -233,15 +268,17 @@ class TuneReport:
     skipped: list[str]
     n_candidates: int
     n_truth: int
+    spec_hash: str
 
 
 def tune_run_dir(
     run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, grid: Sequence[float] | None = None
 ) -> TuneReport:
-    """Tune thresholds on every fold's OOF files and write ``<run_dir>/thresholds.json`` (or ``out``)."""
+    """Tune thresholds on every fold's OOF files and write ``<run_dir>/thresholds.json`` (or ``out``),
+    recording the hash and recipe of the predictor spec the candidates were made with."""
     oof = read_oof(run_dir)
     grid = _check_grid(grid)
-    out = Path(out) if out is not None else Path(run_dir) / "thresholds.json"
+    out = Path(out) if out is not None else RunDir(run_dir).thresholds
     default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLDS)
     thresholds = tune_thresholds(oof.candidates, oof.truth, grid=grid)
     tuned = score_at(oof.candidates, oof.truth, thresholds)
@@ -262,6 +299,8 @@ def tune_run_dir(
         }
     )
     report = {
+        "spec_hash": oof.spec_hash,
+        "spec": oof.spec,
         "method": "exact" if grid is None else "grid",
         **({} if grid is None else {"grid": [float(g) for g in grid]}),
         "score_default": default.score,
@@ -276,7 +315,7 @@ def tune_run_dir(
     save_thresholds(out, thresholds, report=report)
     return TuneReport(
         out, thresholds, default.score, tuned.score, cross.score if cross else None, per_class,
-        folds, oof.skipped, len(oof.candidates), len(oof.truth),
+        folds, oof.skipped, len(oof.candidates), len(oof.truth), oof.spec_hash,
     )
 
 
@@ -284,25 +323,20 @@ def tune_run_dir(
 
 
 def _prepare(candidates: pd.DataFrame, truth: pd.DataFrame, classes: list[str]) -> tuple[_Prepared, list[str]]:
-    cand = _check_picks(candidates, "candidates", True)
-    true = _check_picks(truth, "truth", False)
+    cand = _check_table(candidates, "candidates", True)
+    true = _check_table(truth, "truth", False)
     runs = sorted(set(true.experiment))
-    cand_by = dict(tuple(cand.groupby(["particle_type", "experiment"])))
-    true_by = dict(tuple(true.groupby(["particle_type", "experiment"])))
-    xyz = ["x", "y", "z"]
-    prep: _Prepared = {}
-    for name in classes:
-        radius_A = get_particle(name).match_radius_A
-        prep[name] = {}
-        for run in runs:
-            c = cand_by.get((name, run), cand.iloc[:0])
-            t = true_by.get((name, run), true.iloc[:0])
-            scores = c["score"].to_numpy(np.float64)
-            best = np.full(len(t), -np.inf)
-            if len(t) and len(c):
-                near = cKDTree(c[xyz].to_numpy()).query_ball_point(t[xyz].to_numpy(), r=radius_A)
-                best = np.array([scores[i].max() if i else -np.inf for i in near])
-            prep[name][run] = (best, scores)
+    cand = cand[cand["experiment"].isin(runs)].reset_index(drop=True)
+    scores = cand["score"].to_numpy(np.float64)
+    best = np.array([scores[n].max() if len(n) else -np.inf for n in neighbours(true, cand)])
+    true_groups = true.groupby(["particle_type", "experiment"]).indices
+    cand_groups = cand.groupby(["particle_type", "experiment"]).indices
+    none = np.empty(0, dtype=np.int64)
+    prep: _Prepared = {
+        name: {run: (best[true_groups.get((name, run), none)], scores[cand_groups.get((name, run), none)])
+               for run in runs}
+        for name in classes
+    }
     return prep, runs
 
 
@@ -413,35 +447,4 @@ def _check_threshold_map(thresholds: Mapping, where: str) -> dict[str, float]:
         if not (ok and np.isfinite(value) and 0.0 <= value <= 1.0):
             raise ConfigError(f"{where}: threshold of {name!r} must be a number in [0, 1], got {value!r}")
         out[name] = float(value)
-    return out
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype={"experiment": str, "particle_type": str})
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-
-
-def _check_picks(df: pd.DataFrame, what, with_score: bool) -> pd.DataFrame:
-    """Validated copy with the needed columns: known classes, finite coordinates, scores in [0, 1]."""
-    need = list(CANDIDATE_COLUMNS if with_score else PICK_COLUMNS)
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise DataError(f"{what}: missing columns {missing}; expected {need}, found {list(df.columns)}")
-    out = df[need].copy()
-    out["experiment"] = out["experiment"].astype(str)
-    unknown = sorted(set(out["particle_type"]) - set(PARTICLE_NAMES))
-    if unknown:
-        raise DataError(f"{what}: unknown particle types {unknown}; known: {', '.join(PARTICLE_NAMES)}")
-    numeric = need[2:]
-    try:
-        values = out[numeric].astype(np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{what}: columns {numeric} must be numeric") from None
-    if not np.isfinite(values.to_numpy()).all():
-        raise DataError(f"{what}: columns {numeric} contain missing or non-finite values")
-    if with_score and not values["score"].between(0.0, 1.0).all():
-        raise DataError(f"{what}: scores must lie in [0, 1], found [{values['score'].min()}, {values['score'].max()}]")
-    out[numeric] = values
     return out

@@ -4,9 +4,11 @@ Per step: AdamW, learning rate by linear warm-up then cosine decay (per step), a
 (bf16/fp16) and a GradScaler for fp16 on CUDA only, gradient-norm clipping, and an EMA of
 the weights with decay ``min(ema_decay, (1 + step) / (10 + step))`` (BN statistics are
 copied). Every ``val_every`` epochs and after the last one, rank 0 predicts each held-out
-run with the EMA model (:func:`czii.inference.predict_volume`), detects peaks at
-``val.thresholds`` and scores them with :func:`czii.metric.score`; the best score keeps
-``best.pt`` and the held-out peaks at ``val.oof_threshold`` (``oof/candidates.csv``).
+run with the EMA model at the validation settings (:func:`czii.training.oof.validate`), detects
+peaks at ``val.thresholds`` and scores them with :func:`czii.metric.score`; the best score keeps
+``best.pt``. When the last epoch is done, ``best.pt`` predicts the held-out runs once more with
+the shipped predictor spec (:func:`czii.training.oof.shipped_oof`): ``oof/candidates.csv`` (peaks
+at ``val.oof_threshold``), ``oof/truth.csv`` and ``oof/spec.json``, what ``czii tune`` reads.
 
 :class:`Trainer` holds the model, EMA, optimiser, schedule and scaler and takes one step
 (``benchmarks/bench_train.py`` times it). Every epoch ends with ``checkpoints/last.pt``
@@ -17,9 +19,7 @@ on one CPU process a resumed run reaches weights bit-identical to an uninterrupt
 CUDA, cuDNN autotuning makes it close but not bitwise). ``train.init_from`` starts a new run
 from another run's weights (e.g. simulated-data pretraining).
 
-Layout (docs/ARCHITECTURE.md): ``out_dir/config.yaml``; ``out_dir/fold<K>/`` with
-``config.yaml``, ``seed.json``, ``checkpoints/{last,best}.pt``, ``history.csv``
-(epoch, train_loss, val_score, lr, seconds), ``oof/candidates.csv`` and ``oof/truth.csv``.
+Layout: :mod:`czii.rundir`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,24 +43,15 @@ from tqdm import tqdm
 from czii import distributed as ddp
 from czii.config import Config, config_hash, config_to_dict, save_resolved
 from czii.errors import ConfigError
-from czii.inference import EnsembleMember, predict_volume
 from czii.io import atomic_write_text
-from czii.metric import score as metric_score
 from czii.models import build_model, output_channels, read_checkpoint, save_checkpoint, stride
-from czii.postprocess.peaks import detect_peaks
+from czii.rundir import RunDir
 from czii.training.augment import mixup
-from czii.training.data import FoldSplit, PatchDataset, class_picks, load_input, load_runs, open_sources, split_fold
+from czii.training.data import FoldSplit, PatchDataset, load_runs, open_sources, split_fold
+from czii.training.oof import ValRun, load_val_runs, shipped_oof, validate
 from czii.training.losses import HeatmapLoss, activation_for
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_score", "lr", "seconds")
-
-
-@dataclasses.dataclass
-class ValRun:
-    run: str
-    volume: np.ndarray  # [C_in, Z, Y, X] normalised
-    spacing_zyx_A: tuple[float, float, float]
-    truth: pd.DataFrame
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_factor: float) -> float:
@@ -113,47 +103,6 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_text(path, df.to_csv(index=False))
 
 
-def predict_probabilities(
-    members: Sequence[EnsembleMember], volume_czyx: np.ndarray, config: Config, device: torch.device
-) -> np.ndarray:
-    """Probabilities ``[C, Z, Y, X]`` of one held-out run at the validation settings (``val.tile_zyx``,
-    ``overlap``, ``batch_size``, ``tta``; Gaussian blending; autocast on CUDA unless ``train.amp`` is off)."""
-    return predict_volume(
-        members, volume_czyx, tile_zyx=tuple(config.val.tile_zyx), overlap=config.val.overlap, blend="gaussian",
-        batch_size=config.val.batch_size, tta=config.val.tta, device=device,
-        amp=device.type == "cuda" and config.train.amp != "off",
-    )
-
-
-def validate(
-    model: torch.nn.Module, val_runs: list[ValRun], config: Config, device: torch.device
-) -> tuple[float, pd.DataFrame]:
-    """(metric score at ``val.thresholds``, peaks at ``val.oof_threshold``) of ``model`` on the held-out runs."""
-    member = EnsembleMember(
-        model=copy.deepcopy(model), classes=tuple(config.data.classes),
-        input_channels=tuple(config.data.input_channels), activation=activation_for(config.loss.name),
-        stride=stride(config.model),
-        name="validation",
-    )
-    peak_kwargs = dict(
-        method=config.val.peak_method,
-        nms_radius_factor=config.postprocess.nms_radius_factor,
-        min_size_vox=config.postprocess.min_size_vox,
-        merge_factor=config.postprocess.merge_factor,
-    )
-    picked, candidates = [], []
-    for vr in val_runs:
-        probs = predict_probabilities([member], vr.volume, config, device)
-        picked.append(detect_peaks(probs, config.data.classes, vr.spacing_zyx_A, thresholds=config.val.thresholds,
-                                   run=vr.run, **peak_kwargs))
-        low = {c: config.val.oof_threshold for c in config.data.classes}
-        candidates.append(detect_peaks(probs, config.data.classes, vr.spacing_zyx_A, thresholds=low, run=vr.run,
-                                       **peak_kwargs))
-    truth = pd.concat([vr.truth for vr in val_runs], ignore_index=True)
-    report = metric_score(truth, pd.concat(picked, ignore_index=True))
-    return float(report.score), pd.concat(candidates, ignore_index=True)
-
-
 def state_sha256(*modules: torch.nn.Module) -> str:
     """SHA-256 of the state_dicts of ``modules`` (names, shapes and exact bytes)."""
     h = hashlib.sha256()
@@ -165,17 +114,14 @@ def state_sha256(*modules: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _write_run_files(config: Config, out_dir: Path, fold_dir: Path, fold: int, ctx: ddp.DistContext,
-                     split: FoldSplit, val_runs: list[ValRun]) -> None:
-    """Resolved configs, seed.json and the held-out truth, written once at the start of a run."""
+def _write_run_files(config: Config, run_dir: RunDir, fold: int, ctx: ddp.DistContext, split: FoldSplit) -> None:
+    """Resolved configs and seed.json, written once at the start of a run."""
     tcfg = config.train
-    save_resolved(config, out_dir / "config.yaml")
-    save_resolved(config, fold_dir / "config.yaml")
-    atomic_write_text(fold_dir / "seed.json", json.dumps(
+    save_resolved(config, run_dir.config)
+    save_resolved(config, run_dir.fold(fold).config)
+    atomic_write_text(run_dir.fold(fold).seed, json.dumps(
         {"seed": tcfg.seed, "fold": fold, "world_size": ctx.world_size, "config_hash": config_hash(config),
          "train_runs": [f"{s}/{r}" for s, r in split.train], "val_runs": [r for _, r in split.val]}, indent=2))
-    if val_runs:
-        _write_csv(fold_dir / "oof" / "truth.csv", pd.concat([v.truth for v in val_runs], ignore_index=True))
 
 
 def train(config: Config, *, fold: int, out_dir: str | Path, resume: bool = False, device: str = "cpu",
@@ -302,28 +248,25 @@ class Trainer:
 
 def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.DistContext, workdir,
            max_epochs: int | None) -> Path:
-    fold_dir = out_dir / f"fold{fold}"
-    last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
+    run_dir = RunDir(out_dir)
+    fold_dir = run_dir.fold(fold)
+    last_path, best_path = fold_dir.last, fold_dir.best
     if resume and not last_path.is_file():
         raise ConfigError(f"--resume: {last_path} does not exist; nothing to resume")
     if not resume and last_path.exists():
-        raise ConfigError(f"{fold_dir} already holds a training run; pass --resume to continue it "
+        raise ConfigError(f"{fold_dir.path} already holds a training run; pass --resume to continue it "
                           "or choose another --out")
     ckpt = read_checkpoint(last_path) if resume else None
     if ckpt is not None and ckpt["config_hash"] != config_hash(config):
         raise ConfigError(f"--resume: {last_path} was trained with another config (hash {ckpt['config_hash']}, "
-                          f"now {config_hash(config)}); see {fold_dir / 'config.yaml'}")
+                          f"now {config_hash(config)}); see {fold_dir.config}")
     tcfg = config.train
     _seed_everything(tcfg.seed)
     torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed patch shape: let cuDNN pick kernels once
     datasets = open_sources(config, workdir)
     split = split_fold(config, datasets, fold)
     runs = load_runs(config, datasets, split.train, progress=ctx.is_main)
-    val_runs = []
-    if ctx.is_main:
-        for source, run in split.val:
-            volume, spacing = load_input(config, datasets[source], run)
-            val_runs.append(ValRun(run, volume, spacing, class_picks(config, datasets[source], run)))
+    val_runs: list[ValRun] = load_val_runs(config, datasets, fold) if ctx.is_main else []
 
     trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled)
     start_epoch, history, best_score = 0, [], -math.inf
@@ -334,7 +277,7 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
         if tcfg.init_from:
             trainer.init_from(tcfg.init_from)
         if ctx.is_main:
-            _write_run_files(config, out_dir, fold_dir, fold, ctx, split, val_runs)
+            _write_run_files(config, run_dir, fold, ctx, split)
 
     dataset = PatchDataset(config, runs, rank=ctx.rank)
     end_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, start_epoch + max_epochs)
@@ -358,11 +301,10 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
         val_score, improved = None, False
         is_last = epoch + 1 == tcfg.epochs
         if ctx.is_main and val_runs and ((epoch + 1) % tcfg.val_every == 0 or is_last):
-            val_score, candidates = validate(trainer.eval_model, val_runs, config, ctx.device)
+            val_score = validate(trainer.eval_model, val_runs, config, ctx.device)
             if val_score > best_score:
                 best_score, improved = val_score, True
                 save_checkpoint(best_path, trainer.checkpoint(epoch + 1, val_score))
-                _write_csv(fold_dir / "oof" / "candidates.csv", candidates)
         if ctx.is_main:
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_score": val_score,
                             "lr": trainer.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})
@@ -370,10 +312,13 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
             state["resume"] = {**trainer.resume_state(), "history": history, "best_score": best_score,
                                "sampler": {"epoch": epoch + 1}}
             save_checkpoint(last_path, state)
-            _write_csv(fold_dir / "history.csv", pd.DataFrame(history, columns=list(HISTORY_COLUMNS)))
+            _write_csv(fold_dir.history, pd.DataFrame(history, columns=list(HISTORY_COLUMNS)))
             val_text = "" if val_score is None else f", val_score {val_score:.4f}{' (best)' if improved else ''}"
             tqdm.write(f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}: train_loss {train_loss:.4f}{val_text}")
         ddp.barrier(ctx)
+    if ctx.is_main and val_runs and end_epoch == tcfg.epochs and best_path.is_file():
+        shipped_oof(config, fold_dir, val_runs, ctx.device)
+    ddp.barrier(ctx)
     digest = state_sha256(trainer.model, *([trainer.ema] if trainer.ema is not None else []))
     print(f"rank {ctx.rank}/{ctx.world_size}: final weights sha256 {digest}", flush=True)
-    return fold_dir
+    return fold_dir.path

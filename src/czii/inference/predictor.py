@@ -1,0 +1,126 @@
+"""The runtime of a :class:`czii.predictor.PredictorSpec`: members loaded, volumes → probabilities → picks.
+
+:class:`Predictor` is what every stage that turns a tomogram into picks uses: training's
+per-epoch validation and out-of-fold pass, ``czii infer``, the ensemble builder, the experiment
+report and the Kaggle notebook. It reads a run's input exactly as the spec says
+(:func:`czii.data.normalize.load_run_input`), predicts with the spec's tiling and TTA
+(:func:`czii.inference.ensemble.predict_volume`) and detects peaks with the spec's method
+(:func:`czii.postprocess.peaks.detect_peaks`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from czii.config import Config, build_typed
+from czii.data import Dataset
+from czii.data.normalize import load_run_input
+from czii.errors import ConfigError
+from czii.inference.ensemble import EnsembleMember, check_compatible, predict_volume
+from czii.models import load_checkpoint, read_checkpoint
+from czii.postprocess.peaks import detect_peaks
+from czii.predictor import PredictorSpec, spec_from_config
+
+
+def ensemble_member(model: torch.nn.Module, meta: dict[str, Any], *, weight: float = 1.0,
+                    name: str) -> EnsembleMember:
+    """An :class:`EnsembleMember` of a model and metadata from :func:`czii.models.load_checkpoint`."""
+    return EnsembleMember(model=model, classes=tuple(meta["classes"]), input_channels=tuple(meta["input_channels"]),
+                          activation=meta["activation"], weight=weight, stride=int(meta["stride"]), name=name)
+
+
+def checkpoints_spec(paths: Sequence[str | Path]) -> PredictorSpec:
+    """The spec of checkpoint files at equal weights, with the first one's saved config and no thresholds."""
+    ckpt = read_checkpoint(paths[0])
+    config = build_typed(Config, ckpt.get("config") or {}, f"saved config of {paths[0]}")
+    return spec_from_config(config, [(p, 1.0) for p in paths])
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A spec with its members ready on ``device``."""
+
+    spec: PredictorSpec
+    members: list[EnsembleMember]
+    metas: list[dict[str, Any]]
+    device: torch.device
+
+    @classmethod
+    def load(cls, spec: PredictorSpec, device: str | torch.device = "cpu") -> Predictor:
+        """Load every member checkpoint; ConfigError when one disagrees with the spec (classes, input)."""
+        device = torch.device(device)
+        members, metas = [], []
+        for m in spec.members:
+            model, meta = load_checkpoint(m.checkpoint, device)
+            members.append(ensemble_member(model, meta, weight=m.weight, name=m.checkpoint))
+            metas.append(meta)
+            found = {
+                "classes": list(meta["classes"]), "input.channels": list(meta["input_channels"]),
+                "input.level": int(meta.get("level", 0)),
+                "input.clip_percentiles": list(meta.get("normalisation", {}).get("clip_percentiles", [])),
+            }
+            wanted = {"classes": spec.classes, "input.channels": spec.input.channels, "input.level": spec.input.level,
+                      "input.clip_percentiles": spec.input.clip_percentiles}
+            for key, value in wanted.items():
+                if found[key] != value:
+                    raise ConfigError(f"member {m.checkpoint} was trained with {key} {found[key]}, the predictor "
+                                      f"spec says {value}; every member must be trained on the spec's input")
+        return cls.from_members(spec, members, device, metas)
+
+    @classmethod
+    def from_members(cls, spec: PredictorSpec, members: Sequence[EnsembleMember], device: str | torch.device,
+                     metas: Sequence[dict] | None = None) -> Predictor:
+        """A predictor of in-memory members (e.g. the model being trained); checks the tile against their strides."""
+        check_compatible(members)
+        for m in members:
+            bad = [t for t in spec.tiling.tile_zyx if t % m.stride]
+            if bad:
+                raise ConfigError(f"tiling.tile_zyx {spec.tiling.tile_zyx}: every side must be a multiple of member "
+                                  f"{m.name!r}'s stride {m.stride}")
+        return cls(spec, list(members), list(metas or [{} for _ in members]), torch.device(device))
+
+    def load_input(self, dataset: Dataset, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """Normalised ``[C_in, Z, Y, X]`` input of ``run`` and its spacing (Å), as the spec says."""
+        inp = self.spec.input
+        return load_run_input(dataset, run, inp.channels, level=inp.level, clip_percentiles=inp.clip_percentiles)
+
+    def probabilities(self, volume_czyx: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Ensemble × TTA probabilities ``[C, Z, Y, X]`` with the spec's tiling."""
+        t = self.spec.tiling
+        return predict_volume(self.members, volume_czyx, tile_zyx=tuple(t.tile_zyx), overlap=t.overlap, blend=t.blend,
+                              batch_size=t.batch_size, tta=tuple(self.spec.tta), device=self.device,
+                              progress=progress)
+
+    def picks(self, probs_czyx: np.ndarray, spacing_zyx_A, run: str,
+              thresholds: float | Mapping[str, float]) -> pd.DataFrame:
+        """Scored picks (``experiment, particle_type, x, y, z, score``) with the spec's peak settings."""
+        p = self.spec.peaks
+        return detect_peaks(probs_czyx, self.spec.classes, spacing_zyx_A, thresholds=thresholds, run=run,
+                            method=p.method, nms_radius_factor=p.nms_radius_factor, min_size_vox=p.min_size_vox,
+                            merge_factor=p.merge_factor)
+
+    def predict_run(self, dataset: Dataset, run: str, thresholds: float | Mapping[str, float],
+                    progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """Scored picks of one run and its facts (shape, spacing, seconds per stage, number of picks)."""
+        t0 = time.perf_counter()
+        volume_czyx, spacing_zyx_A = self.load_input(dataset, run)
+        t1 = time.perf_counter()
+        probs = self.probabilities(volume_czyx, progress)
+        t2 = time.perf_counter()
+        picks = self.picks(probs, spacing_zyx_A, run, thresholds)
+        t3 = time.perf_counter()
+        info = {
+            "shape_zyx": [int(s) for s in volume_czyx.shape[1:]],
+            "spacing_zyx_A": [float(s) for s in spacing_zyx_A],
+            "seconds": {"load": t1 - t0, "predict": t2 - t1, "peaks": t3 - t2},
+            "n_picks": len(picks),
+        }
+        return picks, info
