@@ -24,7 +24,7 @@ place and reports which score columns changed (none when it reproduced); another
 a row. A file with another header is refused, never rewritten. Each write holds an exclusive
 lock on the folder, reads the file, changes the row, writes a temporary file and renames it.
 Rows are named ``NAME`` or ``NAME@HASH`` (a prefix of the config hash is enough). Columns:
-``cv_default`` (score at :data:`czii.postprocess.thresholds.DEFAULT_THRESHOLDS`), ``cv_tuned``,
+``cv_default`` (score at :data:`czii.predictor.DEFAULT_THRESHOLDS`), ``cv_tuned``,
 ``cv_tuned_in_sample``, ``f4_<class>``; ``thresholds`` (compact JSON of ``thresholds.json``:
 tuned on every fold's OOF candidates, what ``czii infer`` uses); ``train_seconds`` (sum of the
 folds' ``history.csv`` seconds, periodic validation included, so resumed folds count whole);

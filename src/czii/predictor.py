@@ -27,6 +27,8 @@ settings; not the members (out-of-fold candidates come from one fold's model, th
 predictor averages all folds; the ensemble builder weights its out-of-fold models as it ships
 them), the batch size or the thresholds. ``thresholds.json`` (written by ``czii tune``) records the
 hash and recipe it was tuned under; :func:`check_thresholds` refuses a spec whose hash differs.
+The thresholds file format lives here too (:func:`save_thresholds`, :func:`load_thresholds_doc`,
+:data:`DEFAULT_THRESHOLDS`), so reading a spec and its thresholds needs neither torch nor pandas.
 
 A training run directory's shipped spec (:func:`run_dir_spec`) is every fold's ``best.pt``, the
 recipe recorded in its ``thresholds.json`` (else the resolved ``config.yaml``) and that
@@ -40,8 +42,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -52,7 +56,6 @@ from czii.config import Config, build_typed, load_config, read_yaml
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_write_text
 from czii.particles import BY_NAME, PARTICLE_NAMES
-from czii.postprocess.thresholds import load_thresholds_doc
 from czii.registry import BLEND_MODES, PEAK_METHODS, resolve_tta
 from czii.rundir import RunDir
 
@@ -317,7 +320,75 @@ def resolve_spec(models: str | os.PathLike | Sequence[str | os.PathLike]) -> Pre
     return None
 
 
-# --------------------------------------------------------------------------- thresholds
+# --------------------------------------------------------------------------- thresholds files
+
+# low and recall-oriented (winning solutions used 0.1–0.25)
+DEFAULT_THRESHOLDS: dict[str, float] = {name: 0.2 for name in PARTICLE_NAMES}
+
+
+def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, float], *, report: Mapping) -> Path:
+    """Write ``{"thresholds": {...}, **report, "created": ...}`` as JSON atomically; returns the path."""
+    path = Path(path)
+    if "thresholds" in report:
+        raise ValueError("report must not contain the key 'thresholds'")
+    thr = check_threshold_map(thresholds, f"thresholds to save to {path}")
+    doc = {"thresholds": thr, **report}
+    doc.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
+    """The ``thresholds`` mapping of a thresholds file, validated (known classes, values in [0, 1])."""
+    return load_thresholds_doc(path)["thresholds"]
+
+
+def load_thresholds_doc(path: str | os.PathLike) -> dict:
+    """The whole thresholds file (``thresholds`` validated; ``spec_hash`` and ``spec`` when tuned by czii)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"thresholds file {path} does not exist (write one with `czii tune`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"thresholds file {path} is not readable JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("thresholds"), dict):
+        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise ConfigError(
+            f"thresholds file {path}: expected a JSON object with a 'thresholds' object "
+            f"(class name → threshold), found {keys}"
+        )
+    doc["thresholds"] = check_threshold_map(doc["thresholds"], f"thresholds file {path}")
+    if "spec_hash" in doc and not isinstance(doc["spec_hash"], str):
+        raise ConfigError(f"thresholds file {path}: spec_hash must be a string, got {doc['spec_hash']!r}")
+    return doc
+
+
+def resolve_thresholds(thresholds: float | Mapping[str, float], classes: list[str], what: str) -> dict[str, float]:
+    """A scalar or a mapping covering ``classes`` → validated ``{class: threshold}``."""
+    if not isinstance(thresholds, Mapping):
+        thresholds = {name: thresholds for name in classes}
+    missing = [c for c in classes if c not in thresholds]
+    if missing:
+        raise ConfigError(f"{what} have no value for {missing}; given for: {sorted(thresholds)}")
+    return check_threshold_map({c: thresholds[c] for c in classes}, what)
+
+
+def check_threshold_map(thresholds: Mapping, where: str) -> dict[str, float]:
+    """``{class: threshold}`` with known class names and values in [0, 1] (ConfigError naming ``where``)."""
+    unknown = [k for k in thresholds if k not in PARTICLE_NAMES]
+    if unknown:
+        raise ConfigError(f"{where}: unknown class names {unknown}; known: {', '.join(PARTICLE_NAMES)}")
+    if not thresholds:
+        raise ConfigError(f"{where}: no thresholds given")
+    out = {}
+    for name, value in thresholds.items():
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"{where}: threshold of {name!r} must be a number in [0, 1], got {value!r}")
+        out[name] = float(value)
+    return out
+
+
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from czii.geometry import xyz_A_to_zyx_vox
 from czii.io import atomic_write_bytes
 from czii.particles import get_particle
 from czii.picks import XYZ, check_picks_table, neighbours
-from czii.postprocess.thresholds import class_curves, load_thresholds, read_oof
+from czii.postprocess.thresholds import class_curves, read_oof
+from czii.predictor import load_thresholds
 
 REPORT_DIR = "report"
 OVERLAY_FILE = "overlay.npz"

@@ -34,7 +34,8 @@ from czii.predictor import load_spec
 from czii.registry import resolve_tta
 from czii.metric import score as metric_score
 from czii.particles import PARTICLE_NAMES
-from czii.postprocess.thresholds import DEFAULT_THRESHOLDS, read_oof
+from czii.postprocess.thresholds import read_oof
+from czii.predictor import DEFAULT_THRESHOLDS
 from czii.report import OVERLAY_FIGURE, THRESHOLD_FIGURE, TRAINING_FIGURE, OverlaySlab
 from czii.training.loop import train
 

@@ -33,7 +33,7 @@ from czii.models import load_checkpoint
 from czii.particles import PARTICLE_NAMES
 from czii.picks import SUBMISSION_COLUMNS
 from czii.postprocess.peaks import detect_peaks
-from czii.postprocess.thresholds import DEFAULT_THRESHOLDS, save_thresholds
+from czii.predictor import DEFAULT_THRESHOLDS, save_thresholds
 from czii.predictor import resolve_spec, spec_from_config, spec_yaml
 from czii.submission import read_submission, to_submission, validate_submission
 from czii.training.loop import train

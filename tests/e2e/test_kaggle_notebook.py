@@ -40,7 +40,7 @@ from czii.kaggle import BuildResult, WheelTarget, build_kaggle_dataset, is_provi
 from czii.metric import score
 from czii.models import build_model, output_channels, save_checkpoint
 from czii.particles import PARTICLE_NAMES
-from czii.postprocess.thresholds import load_thresholds, save_thresholds
+from czii.predictor import load_thresholds, save_thresholds
 from czii.submission import read_submission, validate_submission
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -125,3 +125,27 @@ def test_score_against_kaggle_directory(tmp_path, csvs, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'test'" in err
 
+
+
+def test_score_runs_the_submission_validator_duplicate_ids(csvs, capsys):
+    sub, sol = csvs
+    PREDICTIONS.assign(id=[3, 3]).to_csv(sub, index=False)
+    assert main(["score", "--submission", str(sub), "--solution", str(sol)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "duplicate ids 3" in captured.err
+
+
+def test_score_refuses_a_submission_sharing_no_experiment_and_warns_on_partial_overlap(csvs, capsys):
+    sub, sol = csvs
+    PREDICTIONS.assign(experiment="TS_other").to_csv(sub, index=False)
+    assert main(["score", "--submission", str(sub), "--solution", str(sol)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "shares no experiment" in captured.err and "TS_other" in captured.err and "TS_1" in captured.err
+
+    TRUTH.assign(experiment=["TS_1", "TS_1", "TS_2"]).to_csv(sol, index=False)
+    PREDICTIONS.to_csv(sub, index=False)
+    assert main(["score", "--submission", str(sub), "--solution", str(sol), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "1 of the solution's 2 experiments" in captured.err and "TS_2" in captured.err
+    assert json.loads(captured.out)["score"] == pytest.approx(EXPECTED_SCORE)  # TS_2 truth was a miss either way

@@ -14,16 +14,8 @@ from czii.cli import main
 from czii.errors import ConfigError, DataError
 from czii.metric import score as metric_score
 from czii.particles import BY_NAME, PARTICLE_NAMES, PARTICLES, TOTAL_WEIGHT
-from czii.postprocess.thresholds import (
-    DEFAULT_THRESHOLDS,
-    class_curves,
-    cross_fitted_score,
-    load_thresholds,
-    save_thresholds,
-    score_at,
-    tune_run_dir,
-    tune_thresholds,
-)
+from czii.postprocess.thresholds import class_curves, cross_fitted_score, score_at, tune_run_dir, tune_thresholds
+from czii.predictor import DEFAULT_THRESHOLDS, load_thresholds, save_thresholds
 
 COLS = ["experiment", "particle_type", "x", "y", "z"]
 

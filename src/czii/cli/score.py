@@ -6,7 +6,7 @@ import argparse
 import json
 
 from czii.metric import format_table, score
-from czii.submission import read_submission
+from czii.submission import check_experiments, read_submission, validate_submission
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from czii.data import load_solution  # copick: imported only when scoring
 
-    report = score(load_solution(args.solution, split=args.split), read_submission(args.submission))
+    submission = read_submission(args.submission)
+    validate_submission(submission)  # what Kaggle checks before scoring: columns, unique integer ids, finite x, y, z
+    solution = load_solution(args.solution, split=args.split)
+    check_experiments(submission, solution, args.submission, args.solution)
+    report = score(solution, submission)
     print(json.dumps(report.to_dict()) if args.json else format_table(report))
     return 0

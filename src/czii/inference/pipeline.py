@@ -9,7 +9,7 @@ Contract of :func:`run_inference` (what ``czii infer`` and the Kaggle notebook c
   ``tta``, ``tile_zyx`` and ``batch_size`` override the spec.
 - Thresholds: the ``thresholds`` argument (a file) or the spec's file, refused when it was tuned
   under a spec with another score hash (:func:`czii.predictor.check_thresholds`) unless
-  ``allow_spec_mismatch``; no file → :data:`czii.postprocess.thresholds.DEFAULT_THRESHOLDS` (a note
+  ``allow_spec_mismatch``; no file → :data:`czii.predictor.DEFAULT_THRESHOLDS` (a note
   is printed). The manifest records the spec, its hash and the check's outcome.
 - Per run: :meth:`czii.inference.predictor.Predictor.predict_run` (input as the spec says, ensemble
   × TTA, peaks).
@@ -46,12 +46,19 @@ from czii.inference.predictor import Predictor, checkpoints_spec
 from czii.inference.sharding import gather_outcomes, shard_runs
 from czii.io import atomic_write_text, git_commit, sha256_file
 from czii.picks import CANDIDATE_COLUMNS, empty_table
-from czii.postprocess.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds
-from czii.predictor import PredictorSpec, SpecCheck, check_thresholds, resolve_spec, with_overrides
+from czii.predictor import (
+    DEFAULT_THRESHOLDS,
+    PredictorSpec,
+    SpecCheck,
+    check_thresholds,
+    resolve_spec,
+    resolve_thresholds,
+    with_overrides,
+)
 from czii.submission import to_submission, validate_submission, write_submission
 
 MANIFEST_SUFFIX = ".manifest.json"
-DEFAULT_THRESHOLDS_ORIGIN = "default (czii.postprocess.thresholds.DEFAULT_THRESHOLDS)"
+DEFAULT_THRESHOLDS_ORIGIN = "default (czii.predictor.DEFAULT_THRESHOLDS)"
 
 
 @dataclass

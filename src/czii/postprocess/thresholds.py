@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Hashable, Mapping, NamedTuple, Sequence
 
@@ -34,14 +33,16 @@ import numpy as np
 import pandas as pd
 
 from czii.errors import ConfigError, DataError
-from czii.io import atomic_write_text
 from czii.particles import PARTICLE_NAMES, TOTAL_WEIGHT, get_particle
 from czii.picks import check_picks_table, neighbours, read_picks_csv
+from czii.predictor import (
+    DEFAULT_THRESHOLDS,
+    resolve_thresholds,
+    save_thresholds,
+)
 from czii.rundir import RunDir
 
 BETA: float = 4.0
-# low and recall-oriented (winning solutions used 0.1–0.25; see docs/FIELD_NOTES)
-DEFAULT_THRESHOLDS: dict[str, float] = {name: 0.2 for name in PARTICLE_NAMES}
 
 # class -> run -> (best candidate score per truth point (-inf: none in range), candidate scores)
 _Prepared = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
@@ -139,43 +140,6 @@ def cross_fitted_score(
     }
     table = _table(prep, classes, lambda name: {run: by_fold[groups[run]][name] for run in runs})
     return CrossFit(_weighted(table), table, by_fold)
-
-
-def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, float], *, report: Mapping) -> Path:
-    """Write ``{"thresholds": {...}, **report, "created": ...}`` as JSON atomically; returns the path."""
-    path = Path(path)
-    if "thresholds" in report:
-        raise ValueError("report must not contain the key 'thresholds'")
-    thr = _check_threshold_map(thresholds, f"thresholds to save to {path}")
-    doc = {"thresholds": thr, **report}
-    doc.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-
-
-def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
-    """The ``thresholds`` mapping of a thresholds file, validated (known classes, values in [0, 1])."""
-    return load_thresholds_doc(path)["thresholds"]
-
-
-def load_thresholds_doc(path: str | os.PathLike) -> dict:
-    """The whole thresholds file (``thresholds`` validated; ``spec_hash`` and ``spec`` when tuned by czii)."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"thresholds file {path} does not exist (write one with `czii tune`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"thresholds file {path} is not readable JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("thresholds"), dict):
-        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-        raise ConfigError(
-            f"thresholds file {path}: expected a JSON object with a 'thresholds' object "
-            f"(class name → threshold), found {keys}"
-        )
-    doc["thresholds"] = _check_threshold_map(doc["thresholds"], f"thresholds file {path}")
-    if "spec_hash" in doc and not isinstance(doc["spec_hash"], str):
-        raise ConfigError(f"thresholds file {path}: spec_hash must be a string, got {doc['spec_hash']!r}")
-    return doc
 
 
 @dataclass
@@ -423,28 +387,3 @@ def _check_grid(grid: Sequence[float] | None) -> np.ndarray | None:
     if len(g) == 0 or not np.all(np.isfinite(g)) or g[0] < 0 or g[-1] > 1:
         raise ConfigError(f"threshold grid must be a non-empty list of values in [0, 1], got {grid!r}")
     return g
-
-
-def resolve_thresholds(thresholds: float | Mapping[str, float], classes: list[str], what: str) -> dict[str, float]:
-    """A scalar or a mapping covering ``classes`` → validated ``{class: threshold}``."""
-    if not isinstance(thresholds, Mapping):
-        thresholds = {name: thresholds for name in classes}
-    missing = [c for c in classes if c not in thresholds]
-    if missing:
-        raise ConfigError(f"{what} have no value for {missing}; given for: {sorted(thresholds)}")
-    return _check_threshold_map({c: thresholds[c] for c in classes}, what)
-
-
-def _check_threshold_map(thresholds: Mapping, where: str) -> dict[str, float]:
-    unknown = [k for k in thresholds if k not in PARTICLE_NAMES]
-    if unknown:
-        raise ConfigError(f"{where}: unknown class names {unknown}; known: {', '.join(PARTICLE_NAMES)}")
-    if not thresholds:
-        raise ConfigError(f"{where}: no thresholds given")
-    out = {}
-    for name, value in thresholds.items():
-        ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-        if not (ok and np.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ConfigError(f"{where}: threshold of {name!r} must be a number in [0, 1], got {value!r}")
-        out[name] = float(value)
-    return out
