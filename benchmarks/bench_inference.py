@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from czii.config import ModelConfig, load_config
-from czii.data.sim_scene import REAL_SHAPE_ZYX
+from czii.geometry import CZII_SHAPE_ZYX
 from czii.io import atomic_write_text
 from czii.inference import EnsembleMember, plan_tiles, predict_volume
 from czii.registry import resolve_tta
@@ -88,7 +88,7 @@ def parse_args() -> argparse.Namespace:
     args.tile = args.tile or [64, 128, 128]
     args.batch_size = args.batch_size or 2
     args.encoder, args.depth = args.model_cfg.encoder_name, args.model_cfg.encoder_depth
-    args.shape = args.shape or [-(-side // 2**level) for side in REAL_SHAPE_ZYX]
+    args.shape = args.shape or [-(-side // 2**level) for side in CZII_SHAPE_ZYX]
     return args
 
 

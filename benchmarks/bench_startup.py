@@ -17,13 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+from czii.cli import SUBCOMMANDS
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cpu_tiny.yaml"
 HEAVY = ("torch", "copick", "zarr", "segmentation_models_pytorch_3d")
+HELP = "from czii.cli import main\ntry: main({argv!r})\nexcept SystemExit: pass"
 PROBES = {
-    "czii --help": "from czii.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass",
-    "czii infer --help": "from czii.cli import main\ntry: main(['infer', '--help'])\nexcept SystemExit: pass",
-    "czii tune --help": "from czii.cli import main\ntry: main(['tune', '--help'])\nexcept SystemExit: pass",
+    "czii --help": HELP.format(argv=["--help"]),
+    **{f"czii {cmd} --help": HELP.format(argv=[cmd, "--help"]) for cmd in SUBCOMMANDS},
     "load_config": f"from czii.config import load_config\nload_config({str(CONFIG)!r})",
     "load_config + spec_from_config": (f"from czii.config import load_config\nfrom czii.predictor import spec_from_config\n"
                                        f"spec_from_config(load_config({str(CONFIG)!r}), [('m.pt', 1.0)]).hash"),
@@ -31,7 +33,7 @@ PROBES = {
 
 
 def _run(code: str) -> tuple[float, list[str]]:
-    probe = (f"import contextlib, io, sys\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+    probe = ("import contextlib, io, sys\nwith contextlib.redirect_stdout(io.StringIO()):\n"
              + "".join(f"    {line}\n" for line in code.splitlines())
              + f"print([m for m in {HEAVY!r} if m in sys.modules])")
     t0 = time.perf_counter()

@@ -18,6 +18,10 @@ import numpy as np
 
 Spacing = Union[float, Sequence[float], np.ndarray]
 
+# The real CZII tomograms at pyramid level 0 (OME-Zarr metadata of the competition data).
+CZII_SHAPE_ZYX: tuple[int, int, int] = (184, 630, 630)
+CZII_SPACING_ZYX_A: tuple[float, float, float] = (10.012444196428572, 10.012444196428572, 10.012444537618887)
+
 
 def spacing_zyx(spacing_zyx_A: Spacing) -> np.ndarray:
     """The spacing as a validated z, y, x float array (a scalar is isotropic)."""

@@ -52,17 +52,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 from tqdm import tqdm
 
-from czii.data.sim_scene import REAL_SHAPE_ZYX
+from czii.geometry import CZII_SHAPE_ZYX
 from czii.errors import BuildError, ConfigError, DataError
-from czii.inference import Predictor
-from czii.inference.pipeline import resolve_predictor
 from czii.io import git_commit, git_dirty, sha256_file, temp_sibling
 from czii.predictor import MemberSpec, load_spec, save_spec
 
@@ -410,8 +407,10 @@ def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: 
     :func:`czii.inference.pipeline.run_inference` does, so a predictor it would refuse fails here
     rather than on Kaggle.
     """
+    from czii.inference import Predictor, resolve_predictor  # torch: only when building
+
     spec, check = resolve_predictor(models, tta=tta, thresholds=thresholds, allow_spec_mismatch=allow_spec_mismatch)
-    Predictor.load(spec, torch.device("cpu"))
+    Predictor.load(spec, "cpu")
     if check.thresholds is None:
         print(f"note: no thresholds file with {models}; shipping the defaults (tune them with `czii tune`, "
               "or pass --thresholds)", file=sys.stderr)
@@ -621,7 +620,7 @@ def project_runtime(
         raise DataError("the inference manifest has no per-run timings to project from")
     level = int(manifest.get("level", 0))
     full = tuple(full_shape_zyx) if full_shape_zyx is not None else tuple(
-        math.ceil(s / 2**level) for s in REAL_SHAPE_ZYX)
+        math.ceil(s / 2**level) for s in CZII_SHAPE_ZYX)
     run_seconds = {run: float(sum(info["seconds"].values())) for run, info in timings.items()}
     shapes = {run: tuple(int(s) for s in info["shape_zyx"]) for run, info in timings.items()}
     scaled = [run_seconds[run] * math.prod(full) / math.prod(shapes[run]) for run in timings]

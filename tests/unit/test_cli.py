@@ -30,3 +30,24 @@ def test_unknown_subcommand_is_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bogus"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_no_subcommand_help_imports_torch_or_copick():
+    probe = ("import sys\nfrom czii.cli import SUBCOMMANDS, main\nheavy = set()\n"
+             "for name in SUBCOMMANDS:\n"
+             "    try: main([name, '--help'])\n"
+             "    except SystemExit: pass\n"
+             "print(sorted(m for m in ('torch', 'copick', 'segmentation_models_pytorch_3d') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_simulate_help_names_every_preset_and_tomogram_type(capsys):
+    from czii.data.sim_imaging import TOMO_TYPES
+    from czii.data.simulate import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in (*PRESETS, *TOMO_TYPES))

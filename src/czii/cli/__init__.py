@@ -29,6 +29,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def add_device_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--device`` (cpu, cuda, cuda:N); without ``default`` CUDA when available (torch is imported only
+    when the command runs, see :func:`chosen_device`)."""
+    parser.add_argument("--device", default=default,
+                        help=f"cpu or cuda (default: {default or 'cuda when available, else cpu'})")
+
+
+def chosen_device(args: argparse.Namespace) -> str:
+    """The ``--device`` given, else ``cuda`` when available, else ``cpu``."""
+    if args.device:
+        return args.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``czii`` parser. Only ``command``'s module is imported (its options are added), so a
     command does not pay for the imports of the others (torch, copick, ...)."""

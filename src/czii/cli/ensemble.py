@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-import torch
+from czii.cli import add_device_argument, chosen_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leaderboard", help="leaderboard CSV (default: submissions/leaderboard.csv)")
     parser.add_argument("--data", nargs="+", metavar="PATH",
                         help="dataset paths replacing the rows' data.sources[].path in order")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
+    add_device_argument(parser)
     parser.add_argument("--workdir", help="where Kaggle picks are staged for copick (default: a cache folder)")
 
 
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = build_ensemble(args.rows, args.out, weights=args.weights,
                             leaderboard=args.leaderboard or DEFAULT_LEADERBOARD, data=args.data,
-                            device=args.device, workdir=args.workdir)
+                            device=chosen_device(args), workdir=args.workdir)
     tune = result.tune
 
     def fmt(value) -> str:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
+from czii.cli import add_device_argument, chosen_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", nargs="+", type=int, metavar="K", help="folds to train (default: every fold)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. --set train.epochs=3")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
+    add_device_argument(parser)
     parser.add_argument("--leaderboard", help="leaderboard CSV to update (default: submissions/leaderboard.csv)")
     parser.add_argument("--workdir", help="where Kaggle picks are staged for copick (default: a cache folder)")
 
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         config = with_data_paths(config, args.data)
     result = run_experiment(config, name=args.name or Path(args.config).stem, out_root=args.out, folds=args.folds,
-                            device=args.device, leaderboard=args.leaderboard or DEFAULT_LEADERBOARD,
+                            device=chosen_device(args), leaderboard=args.leaderboard or DEFAULT_LEADERBOARD,
                             workdir=args.workdir)
     tune, row = result.tune, result.row
     print(f"{result.run_dir}: " + ", ".join(f"fold{k} {state}" for k, state in result.folds.items()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from czii.cli import add_device_argument
 from czii.registry import TTA_PRESETS
 
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-spec-mismatch", action="store_true",
                         help="use thresholds tuned under another predictor spec (other TTA, tiles, ...); the "
                              "manifest records it. Without it such thresholds are refused")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device_argument(parser)
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
     parser.add_argument("--out", required=True, metavar="CSV",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from czii.metric import format_table, score
-from czii.submission import check_experiments, read_submission, validate_submission
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from czii.data import load_solution  # copick: imported only when scoring
+    from czii.data import load_solution  # copick, pandas, scipy: imported only when scoring
+    from czii.metric import format_table, score
+    from czii.submission import check_experiments, read_submission, validate_submission
 
     submission = read_submission(args.submission)
     validate_submission(submission)  # what Kaggle checks before scoring: columns, unique integer ids, finite x, y, z

@@ -5,25 +5,27 @@ from __future__ import annotations
 import argparse
 import time
 
-from czii.data.sim_imaging import TOMO_TYPES
-from czii.data.simulate import PRESETS, SimConfig, simulate_dataset
 from czii.particles import PARTICLE_NAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (must be empty or absent)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="small", help="starting config (default: small)")
+    parser.add_argument("--preset", default="small",
+                        help="starting config: tiny, small, full or portal (default: small; see czii.data.simulate)")
     parser.add_argument("--n-train", type=int, help="number of training runs")
     parser.add_argument("--n-test", type=int, help="number of test runs")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="tomogram size in voxels")
     parser.add_argument("--snr", type=float, help="signal-to-noise ratio of the denoised tomograms")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same bytes)")
     parser.add_argument("--layout", choices=["random", "real"], help="random particles, or a real run's picks")
-    parser.add_argument("--types", nargs="+", choices=list(TOMO_TYPES), help="tomogram types of the training runs")
+    parser.add_argument("--types", nargs="+", help="tomogram types of the training runs (denoised, wbp, "
+                        "ctfdeconvolved, isonetcorrected)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous simulation in --out")
 
 
 def run(args: argparse.Namespace) -> int:
+    from czii.data.simulate import SimConfig, simulate_dataset  # copick, zarr: only when simulating
+
     overrides = {
         "n_train": args.n_train, "n_test": args.n_test, "shape_zyx": args.shape, "snr": args.snr,
         "seed": args.seed, "layout": args.layout, "types": args.types,

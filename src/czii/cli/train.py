@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
+from czii.cli import add_device_argument, chosen_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after N epochs of this call (continue later with --resume)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. --set train.epochs=3 patch.size_zyx=[32,64,64]")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
+    add_device_argument(parser)
     parser.add_argument("--workdir", help="where Kaggle picks are staged for copick (default: a cache folder)")
 
 
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         config = with_data_paths(config, args.data)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    fold_dir = train(config, fold=args.fold, out_dir=out, resume=args.resume, device=args.device, workdir=args.workdir,
-                     max_epochs=args.stop_after_epochs)
+    fold_dir = train(config, fold=args.fold, out_dir=out, resume=args.resume, device=chosen_device(args),
+                     workdir=args.workdir, max_epochs=args.stop_after_epochs)
     print(fold_dir)
     return 0

@@ -16,6 +16,8 @@ import argparse
 import numpy as np
 import pandas as pd
 
+from czii.cli import add_device_argument, chosen_device
+
 
 
 def _grid(text: str) -> np.ndarray | None:
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predict the out-of-fold runs again under the run's spec even without --set")
     parser.add_argument("--data", nargs="+", metavar="PATH", help="training data for re-predicting (default: the "
                         "run config's sources)")
-    parser.add_argument("--device", default="cpu", help="device for re-predicting (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument(
         "--grid",
         type=_grid,
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.overrides or args.repredict:
         from czii.training.oof import repredict_run_dir
 
-        spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=args.device)
+        spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=chosen_device(args))
         print(f"re-predicted the out-of-fold runs under predictor spec {spec.hash}")
     rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid)
     n_runs = sum(len(r) for r in rep.folds.values())

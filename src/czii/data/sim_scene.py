@@ -31,6 +31,7 @@ import pandas as pd
 from scipy.spatial.transform import Rotation
 
 from czii.errors import DataError
+from czii.geometry import CZII_SHAPE_ZYX, CZII_SPACING_ZYX_A
 from czii.particles import BY_NAME, PARTICLE_NAMES, PARTICLES
 
 EDGE_A = 5.0  # soft-edge half width of every analytic shape
@@ -52,8 +53,6 @@ REAL_PICKS_PER_RUN: dict[str, float] = {
     "thyroglobulin": 251 / 7,
     "virus-like-particle": 113 / 7,
 }
-REAL_SHAPE_ZYX = (184, 630, 630)
-REAL_SPACING_ZYX_A = (10.012444196428572, 10.012444196428572, 10.012444537618887)
 
 Shape = Callable[[np.ndarray, float], np.ndarray]
 
@@ -308,7 +307,7 @@ def place_real_particles(scene: Scene, real_run: pd.DataFrame, rng: np.random.Ge
     largest radius first, rows in file order), are dropped. Returns the window and scale.
     """
     ext = scene.extent_xyz_A
-    real_ext = ((np.asarray(REAL_SHAPE_ZYX) - 1) * np.asarray(REAL_SPACING_ZYX_A))[::-1]
+    real_ext = ((np.asarray(CZII_SHAPE_ZYX) - 1) * np.asarray(CZII_SPACING_ZYX_A))[::-1]
     origin_xy = [float(rng.uniform(0.0, max(0.0, real_ext[i] - ext[i]))) for i in (0, 1)]
     z_scale = float(min(1.0, ext[2] / real_ext[2]))
     xyz = real_run[["x", "y", "z"]].to_numpy(dtype=np.float64) - [origin_xy[0], origin_xy[1], 0.0]

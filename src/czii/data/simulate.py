@@ -54,8 +54,6 @@ from czii.data.picks_json import picks_document, write_picks_json
 from czii.data.sim_imaging import TOMO_TYPES, Imaging, image_tomograms
 from czii.data.sim_scene import (
     REAL_PICKS_PER_RUN,
-    REAL_SHAPE_ZYX,
-    REAL_SPACING_ZYX_A,
     Scene,
     add_membranes,
     add_others,
@@ -67,6 +65,7 @@ from czii.data.sim_scene import (
 )
 from czii.data.staging import TRUTH_SESSION_ID, TRUTH_USER_ID
 from czii.errors import ConfigError
+from czii.geometry import CZII_SHAPE_ZYX, CZII_SPACING_ZYX_A
 from czii.io import temp_sibling
 from czii.particles import PARTICLE_NAMES, PARTICLES
 from czii.submission import SUBMISSION_COLUMNS
@@ -87,7 +86,7 @@ PORTAL_OBJECT_NAMES: dict[str, str] = {
 PRESETS: dict[str, dict] = {
     "tiny": {"n_train": 3, "n_test": 1, "shape_zyx": (32, 96, 96), "density_scale": 3.0, "min_per_class": 1},
     "small": {"n_train": 6, "n_test": 2, "shape_zyx": (64, 192, 192), "density_scale": 3.0, "min_per_class": 2},
-    "full": {"n_train": 7, "n_test": 3, "shape_zyx": REAL_SHAPE_ZYX},
+    "full": {"n_train": 7, "n_test": 3, "shape_zyx": CZII_SHAPE_ZYX},
     "portal": {
         "n_train": 7, "n_test": 0, "shape_zyx": (200, 630, 630), "types": ("wbp",), "object_names": PORTAL_OBJECT_NAMES,
     },
@@ -105,7 +104,7 @@ class SimConfig:
     n_train: int = 3
     n_test: int = 1
     shape_zyx: tuple[int, int, int] = (32, 96, 96)
-    spacing_zyx_A: tuple[float, float, float] = REAL_SPACING_ZYX_A
+    spacing_zyx_A: tuple[float, float, float] = CZII_SPACING_ZYX_A
     snr: float = 1.0
     seed: int = 0
     layout: str = "random"
@@ -265,7 +264,7 @@ def _draw_run(
 ) -> tuple[Scene, Imaging, float, dict]:
     """Build one run's scene and imaging parameters; returns (scene, imaging, particle contrast, params)."""
     scene = new_scene(config.shape_zyx, config.spacing_zyx_A, rng)
-    volume_fraction = float(np.prod(config.shape_zyx) / np.prod(REAL_SHAPE_ZYX))
+    volume_fraction = float(np.prod(config.shape_zyx) / np.prod(CZII_SHAPE_ZYX))
     params: dict = {"lamella": asdict(scene.lamella)}
     if real is None:
         requested = {
