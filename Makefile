@@ -23,6 +23,8 @@ KAGGLE_OUT ?= kaggle_dataset
 DEVICE ?=
 DATA_ARG = $(if $(DATA),--data $(DATA),)
 DEVICE_ARG = $(if $(DEVICE),--device $(DEVICE),)
+OVERWRITE ?=
+OVERWRITE_ARG = $(if $(OVERWRITE),--overwrite,)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-all demo simulate train tune infer score experiment leaderboard report ensemble kaggle bench clean
@@ -57,11 +59,11 @@ ifeq ($(DATA),)
 	$(CZII) train --config configs/cpu_tiny.yaml --fold 0 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
 	$(CZII) train --config configs/cpu_tiny.yaml --fold 1 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
 	$(CZII) tune --run-dir $(DEMO_RUN)
-	$(CZII) infer --models $(DEMO_RUN) --data $(WORK)/sim/kaggle --split test --out submissions/demo.csv $(DEVICE_ARG)
+	$(CZII) infer --models $(DEMO_RUN) --data $(WORK)/sim/kaggle --split test --out submissions/demo.csv --overwrite $(DEVICE_ARG)
 	$(CZII) score --submission submissions/demo.csv --solution $(WORK)/sim/kaggle/solution.csv
 else
 	$(CZII) experiment --config $(REAL_CONFIG) --out $(WORK)/runs --data $(DATA) $(DEVICE_ARG)
-	$(CZII) infer --models $(WORK)/runs/$(REAL_EXP) --data $(DATA) --split test --out submissions/$(REAL_EXP).csv $(DEVICE_ARG)
+	$(CZII) infer --models $(WORK)/runs/$(REAL_EXP) --data $(DATA) --split test --out submissions/$(REAL_EXP).csv --overwrite $(DEVICE_ARG)
 endif
 
 simulate: $(STAMP) ## simulate the small preset into $(WORK)/sim
@@ -73,8 +75,8 @@ train: $(STAMP) ## train one fold: CONFIG=... FOLD=... [DATA=...]
 tune: $(STAMP) ## tune per-class thresholds on the out-of-fold picks of RUN
 	$(CZII) tune --run-dir $(RUN)
 
-infer: $(STAMP) ## ensemble + TTA inference of MODELS on DATA (test split) → SUBMISSION
-	$(CZII) infer --models $(MODELS) --data $(DATA) --split test --out $(SUBMISSION) $(DEVICE_ARG)
+infer: $(STAMP) ## ensemble + TTA inference of MODELS on DATA (test split) → SUBMISSION (OVERWRITE=1 replaces it)
+	$(CZII) infer --models $(MODELS) --data $(DATA) --split test --out $(SUBMISSION) $(OVERWRITE_ARG) $(DEVICE_ARG)
 
 score: $(STAMP) ## score SUBMISSION against SOLUTION (CSV, copick config or Kaggle dir)
 	$(CZII) score --submission $(SUBMISSION) --solution $(SOLUTION)

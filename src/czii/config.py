@@ -57,6 +57,8 @@ class DataConfig:
     folds: Optional[list[list[str]]]
     split_file: Optional[str]
     normalisation: NormalisationConfig
+    nan_policy: Literal["error", "repair"]
+    out_of_volume: Literal["error", "drop"]
 
 
 @dataclass

@@ -17,6 +17,10 @@ class SubmissionError(CziiError, ValueError):
     """A submission or solution table is malformed."""
 
 
+class OutputError(CziiError, OSError):
+    """An output cannot be written where it was asked for (exists, wrong kind, no permission, read-only)."""
+
+
 class BuildError(CziiError):
     """A wheel of the offline Kaggle dataset could not be found, downloaded or built for the target, or
     the dependency closure is inconsistent."""

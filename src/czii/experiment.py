@@ -62,13 +62,13 @@ import torch
 from czii.config import Config, config_hash, load_config, with_data_paths
 from czii.data import Dataset
 from czii.errors import ConfigError, DataError
-from czii.io import atomic_write_text, git_commit, temp_sibling
+from czii.io import atomic_write_text, check_output, git_commit, temp_sibling
 from czii.particles import PARTICLE_NAMES
 from czii.postprocess.thresholds import TuneReport, tune_run_dir
 from czii.report import OVERLAY_FILE, REPORT_DIR, OverlaySlab, Report, build_report, overlay_slab
 from czii.inference import Predictor
 from czii.predictor import MemberSpec, PredictorSpec, run_dir_spec, spec_yaml
-from czii.rundir import FoldDir, RunDir
+from czii.rundir import FoldDir, RunDir, check_finished
 from czii.training.data import class_picks, fold_runs, open_sources, split_fold
 from czii.training.loop import train
 from czii.training.oof import load_val_runs, write_oof
@@ -293,7 +293,8 @@ def run_experiment(
     unknown = [k for k in folds if not 0 <= k < n_folds]
     if unknown or not folds:
         raise ConfigError(f"folds {unknown or folds} do not exist: the config has {n_folds} folds (0..{n_folds - 1})")
-    run_dir = Path(out_root) / name
+    run_dir = check_output(Path(out_root) / name, "run directory", kind="dir", overwrite=True)
+    check_output(leaderboard, "leaderboard", overwrite=True)
     stray = sorted(p.name for p in run_dir.glob("fold*") if p.is_dir() and p.name not in {f"fold{k}" for k in folds})
     if stray:
         raise ConfigError(f"{run_dir} holds {', '.join(stray)}, which the requested folds {folds} leave out (its "
@@ -355,7 +356,8 @@ class EnsembleResult:
     tune: TuneReport
 
 
-def _member_row(row: dict, weight: float, data: Sequence[str | os.PathLike] | None) -> EnsembleMemberRow:
+def _member_row(row: dict, weight: float, data: Sequence[str | os.PathLike] | None,
+                allow_unfinished: bool) -> EnsembleMemberRow:
     run_dir = Path(row["run_dir"])
     config = load_config(run_dir / "config.yaml")
     if data:
@@ -369,6 +371,7 @@ def _member_row(row: dict, weight: float, data: Sequence[str | os.PathLike] | No
             folds[fold_dir.name] = tuple(sorted(json.loads((fold_dir / "seed.json").read_text())["val_runs"]))
         except (OSError, KeyError, ValueError) as exc:
             raise DataError(f"row {row_id(row)}: {fold_dir / 'seed.json'} unreadable ({exc})") from None
+    check_finished([run_dir / f / "checkpoints" / "best.pt" for f in folds], allow_unfinished)
     return EnsembleMemberRow(row, weight, run_dir, config, folds)
 
 
@@ -431,6 +434,7 @@ def build_ensemble(
     data: Sequence[str | os.PathLike] | None = None,
     device: str = "cpu",
     workdir: str | os.PathLike | None = None,
+    allow_unfinished: bool = False,
 ) -> EnsembleResult:
     """Ensemble YAML (``czii infer --models``) of leaderboard rows, scored out-of-fold.
 
@@ -445,13 +449,14 @@ def build_ensemble(
     existing = [str(p) for p in (out_yaml, oof_dir) if p.exists()]
     if existing:
         raise ConfigError(f"{' and '.join(existing)} already exist; choose another --out")
+    check_output(out_yaml, "--out")
     weights = [1.0] * len(specs) if weights is None else [float(w) for w in weights]
     if len(weights) != len(specs):
         raise ConfigError(f"--weights: {len(weights)} given for {len(specs)} rows; give one per row, in order")
     if not all(math.isfinite(w) and w > 0 for w in weights):
         raise ConfigError(f"--weights must be positive numbers, got {weights}")
     rows = resolve_rows(read_leaderboard(leaderboard), specs)
-    members = [_member_row(row, w, data) for row, w in zip(rows, weights)]
+    members = [_member_row(row, w, data, allow_unfinished) for row, w in zip(rows, weights)]
     _check_members(members)
 
     tmp = temp_sibling(oof_dir)

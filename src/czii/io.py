@@ -9,6 +9,10 @@ Contract:
   clean exit it is renamed onto ``path``, on any exception it is removed. The parent folder
   is created. :func:`atomic_write_bytes` and :func:`atomic_write_text` (UTF-8) build on it, so
   readers see the old file or the complete new one, never a partial file.
+- :func:`check_output` ``(path, what, *, overwrite, kind)``: before any expensive work, an output
+  path must be creatable: its nearest existing folder writable (a temporary file is created and
+  removed there), nothing of the other kind in the way, and an existing output refused unless
+  ``overwrite``. Raises :class:`czii.errors.OutputError` naming the path and what was expected.
 - :func:`sha256_file` ``(path)``: hex SHA-256 of a file, read in 1 MiB blocks.
 - :func:`git_commit` ``(path=None)``: HEAD of the git checkout holding ``path`` (default: this
   package), None outside git; :func:`git_dirty` ``(path, pathspecs)``: whether those paths
@@ -21,10 +25,13 @@ import hashlib
 import os
 import re
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from czii.errors import OutputError
 
 _GIT_TIMEOUT_S = 30
 
@@ -58,6 +65,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_output(path: str | os.PathLike, what: str, *, overwrite: bool = False, kind: str = "file") -> Path:
+    """``path`` if an output ``kind`` ("file" or "dir") can be written there; OutputError otherwise.
+
+    An existing file (or non-empty folder) is refused unless ``overwrite``; a folder where a file is
+    expected (or the reverse), a file among the parents, or a parent folder that refuses a test
+    file (permissions, read-only mount, full disk) is refused whatever ``overwrite`` says.
+    """
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; expected a file path")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file; expected a folder")
+    if path.exists() and not overwrite and (kind == "file" or any(path.iterdir())):
+        raise OutputError(f"{what} {path} already exists; pass --overwrite to replace it, or choose another path")
+    parent = next(p for p in (path if kind == "dir" else path.parent, *path.parents) if p.exists() or p == Path(p.anchor))
+    if not parent.is_dir():
+        raise OutputError(f"{what} {path}: {parent} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".czii-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
+    return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from czii.geometry import CZII_SHAPE_ZYX
 from czii.errors import BuildError, ConfigError, DataError
-from czii.io import git_commit, git_dirty, sha256_file, temp_sibling
+from czii.io import check_output, git_commit, git_dirty, sha256_file, temp_sibling
 from czii.predictor import MemberSpec, load_spec, save_spec
 
 # Kaggle's notebook image: Python 3.11 on Ubuntu 22.04 (glibc 2.35) with a CUDA build of torch.
@@ -399,7 +399,7 @@ def _member_file_name(index: int, checkpoint: Path) -> str:
 
 
 def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: str | Sequence[str] | None,
-                  thresholds: str | Path | None, allow_spec_mismatch: bool) -> dict[str, Any]:
+                  thresholds: str | Path | None, allow_spec_mismatch: bool, allow_unfinished: bool) -> dict[str, Any]:
     """Copy checkpoints and thresholds, write the predictor spec ``inference.yaml`` into ``out``; returns the
     manifest's models part.
 
@@ -409,7 +409,9 @@ def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: 
     """
     from czii.inference import Predictor, resolve_predictor  # torch: only when building
 
-    spec, check = resolve_predictor(models, tta=tta, thresholds=thresholds, allow_spec_mismatch=allow_spec_mismatch)
+    spec, check, unfinished = resolve_predictor(models, tta=tta, thresholds=thresholds,
+                                                allow_spec_mismatch=allow_spec_mismatch,
+                                                allow_unfinished=allow_unfinished)
     Predictor.load(spec, "cpu")
     if check.thresholds is None:
         print(f"note: no thresholds file with {models}; shipping the defaults (tune them with `czii tune`, "
@@ -430,6 +432,7 @@ def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: 
     load_spec(out / ENSEMBLE_NAME)
     return {"description": str(models), "members": listed, "classes": list(spec.classes),
             "thresholds_source": check.source, "spec_hash": spec.hash, "spec_check": check.status,
+            "unfinished_members": unfinished,
             "tta": list(spec.tta)}
 
 
@@ -484,6 +487,7 @@ def build_kaggle_dataset(
     tta: str | Sequence[str] | None = None,
     thresholds: str | Path | None = None,
     allow_spec_mismatch: bool = False,
+    allow_unfinished: bool = False,
     progress: bool = True,
 ) -> BuildResult:
     """Write the offline Kaggle dataset folder for ``models`` to ``out`` (layout in the module docstring).
@@ -492,12 +496,13 @@ def build_kaggle_dataset(
     (:func:`czii.inference.pipeline.resolve_predictor`). ``project_dir`` (default: the checkout
     holding this module) gives the source tree and ``constraints.txt``. ``tta`` and
     ``thresholds`` override what comes with the models; thresholds tuned under another spec are
-    refused unless ``allow_spec_mismatch``.
+    refused unless ``allow_spec_mismatch``, unfinished training unless ``allow_unfinished``.
     """
     started = time.perf_counter()
     out = Path(out)
     project_dir = Path(project_dir) if project_dir is not None else Path(__file__).resolve().parents[2]
     _check_out(out, project_dir, models)
+    check_output(out, "--out", kind="dir", overwrite=True)
     pins = read_pins(constraints if constraints is not None else project_dir / "constraints.txt")
     source = WheelSource(target, Path(cache_dir) if cache_dir is not None else default_cache_dir(target),
                          Path(wheels_from) if wheels_from is not None else None)
@@ -506,7 +511,7 @@ def build_kaggle_dataset(
     tmp.mkdir()
     try:
         models_part = _write_models(models, tmp, tta=tta, thresholds=thresholds,
-                                    allow_spec_mismatch=allow_spec_mismatch)
+                                    allow_spec_mismatch=allow_spec_mismatch, allow_unfinished=allow_unfinished)
         own = build_package_wheel(project_dir, tmp / "wheels")
         closure = resolve_closure(wheel_requirements(own), target, pins, source, progress=progress)
         for wheel in closure.wheels.values():

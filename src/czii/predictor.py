@@ -13,7 +13,7 @@ YAML file (an *ensemble YAML*, ``inference.yaml`` of the Kaggle dataset):
 ```yaml
 members: [{checkpoint: fold0/checkpoints/best.pt, weight: 1.0}]   # paths relative to the YAML
 classes: [apo-ferritin, beta-amylase, ...]
-input: {channels: [denoised], level: 0, clip_percentiles: [0.5, 99.5]}
+input: {channels: [denoised], level: 0, clip_percentiles: [0.5, 99.5], nan_policy: error}
 tiling: {tile_zyx: [96, 256, 256], overlap: 0.25, blend: gaussian, batch_size: 2}
 tta: flips_rot90                      # a preset or a list of transforms
 peaks: {method: maxpool, nms_radius_factor: 0.5, min_size_vox: 0, merge_factor: 0.5}
@@ -73,6 +73,7 @@ class InputSpec:
     channels: list[str]
     level: int
     clip_percentiles: list[float]
+    nan_policy: str
 
 
 @dataclass
@@ -120,6 +121,7 @@ def recipe(spec: PredictorSpec) -> dict[str, Any]:
 def _scored(recipe_doc: dict[str, Any]) -> dict[str, Any]:
     doc = json.loads(json.dumps(recipe_doc))
     doc["tiling"].pop("batch_size", None)
+    doc["input"].pop("nan_policy", None)
     return doc
 
 
@@ -161,6 +163,8 @@ def check_spec(spec: PredictorSpec, where: str) -> PredictorSpec:
         raise fail("classes", f"expected distinct class names from {', '.join(PARTICLE_NAMES)}, got {spec.classes}")
     if not spec.input.channels:
         raise fail("input.channels", "needs at least one tomogram type")
+    if spec.input.nan_policy not in ("error", "repair"):
+        raise fail("input.nan_policy", f"expected 'error' or 'repair', got {spec.input.nan_policy!r}")
     if spec.input.level < 0:
         raise fail("input.level", f"must be >= 0, got {spec.input.level}")
     clip = spec.input.clip_percentiles
@@ -214,7 +218,8 @@ def spec_from_config(config: Config, members: Sequence[tuple[str | os.PathLike, 
     doc = {
         "classes": list(config.data.classes),
         "input": {"channels": list(config.data.input_channels), "level": config.data.level,
-                  "clip_percentiles": list(config.data.normalisation.clip_percentiles)},
+                  "clip_percentiles": list(config.data.normalisation.clip_percentiles),
+                  "nan_policy": config.data.nan_policy},
         "tiling": {"tile_zyx": list(config.infer.tile_zyx), "overlap": config.infer.overlap,
                    "blend": config.infer.blend, "batch_size": config.infer.batch_size},
         "tta": list(resolve_tta(config.infer.tta)),
@@ -224,14 +229,17 @@ def spec_from_config(config: Config, members: Sequence[tuple[str | os.PathLike, 
 
 
 def with_overrides(spec: PredictorSpec, *, tta: str | Sequence[str] | None = None,
-                   tile_zyx: Sequence[int] | None = None, batch_size: int | None = None) -> PredictorSpec:
-    """``spec`` with the TTA, tile or batch size replaced (None keeps the spec's), checked."""
+                   tile_zyx: Sequence[int] | None = None, batch_size: int | None = None,
+                   nan_policy: str | None = None) -> PredictorSpec:
+    """``spec`` with the TTA, tile, batch size or non-finite voxel policy replaced (None keeps the spec's),
+    checked."""
     tiling = dataclasses.replace(
         spec.tiling,
         **({"tile_zyx": [int(t) for t in tile_zyx]} if tile_zyx is not None else {}),
         **({"batch_size": int(batch_size)} if batch_size is not None else {}),
     )
-    new = dataclasses.replace(spec, tiling=tiling, tta=list(resolve_tta(tta)) if tta is not None else spec.tta)
+    inp = dataclasses.replace(spec.input, nan_policy=nan_policy) if nan_policy is not None else spec.input
+    new = dataclasses.replace(spec, input=inp, tiling=tiling, tta=list(resolve_tta(tta)) if tta is not None else spec.tta)
     return check_spec(new, "overrides")
 
 

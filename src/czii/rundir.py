@@ -9,6 +9,7 @@ find each other's files. Only this module spells the names.
   report/                     figures (`czii experiment`, `czii report`)
   fold<K>/
     config.yaml, seed.json    resolved config; seed, fold, held-out runs, config hash
+    status.json               planned and done epochs, finished (after every epoch)
     history.csv               epoch, train_loss, val_score, lr, seconds
     checkpoints/last.pt       every epoch (resume state included)
     checkpoints/best.pt       the best validation epoch (what ships)
@@ -22,10 +23,15 @@ Torch-free.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from czii.errors import DataError
+from czii.io import atomic_write_text
 
 _FOLD_NAME = re.compile(r"fold(\d+)")
 
@@ -51,6 +57,10 @@ class FoldDir:
     @property
     def seed(self) -> Path:
         return self.path / "seed.json"
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
 
     @property
     def history(self) -> Path:
@@ -119,3 +129,38 @@ class RunDir:
     def is_run_dir(self) -> bool:
         """Whether this looks like a training run directory (a config or fold folders)."""
         return self.config.is_file() or bool(self.folds())
+
+
+def write_status(fold: FoldDir, done_epochs: int, planned_epochs: int) -> None:
+    """Record how far the fold's training got (``finished`` once every planned epoch is done)."""
+    atomic_write_text(fold.status, json.dumps({"planned_epochs": planned_epochs, "done_epochs": done_epochs,
+                                               "finished": done_epochs >= planned_epochs}) + "\n")
+
+
+def unfinished(checkpoints: Iterable[str | os.PathLike]) -> list[str]:
+    """``<checkpoint> (trained D of P epochs)`` for each checkpoint of a fold whose ``status.json`` says its
+    training did not finish (checkpoints outside a run directory, or without a status, are not judged)."""
+    out = []
+    for checkpoint in checkpoints:
+        path = Path(checkpoint)
+        if path.parent.name != "checkpoints" or not _FOLD_NAME.fullmatch(path.parent.parent.name):
+            continue
+        status_path = FoldDir(path.parent.parent).status
+        try:
+            status = json.loads(status_path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{status_path}: unreadable ({exc})") from None
+        if not status.get("finished"):
+            out.append(f"{path} (trained {status.get('done_epochs')} of {status.get('planned_epochs')} epochs)")
+    return out
+
+
+def check_finished(checkpoints: Iterable[str | os.PathLike], allow_unfinished: bool) -> list[str]:
+    """The unfinished checkpoints (:func:`unfinished`); DataError listing them unless ``allow_unfinished``."""
+    found = unfinished(checkpoints)
+    if found and not allow_unfinished:
+        raise DataError(f"training is unfinished for {'; '.join(found)}: finish it with `czii train --resume` "
+                        "(same --config, --out and --fold), or pass --allow-unfinished to use it anyway")
+    return found

@@ -2,8 +2,9 @@
 
 Each module in :data:`SUBCOMMANDS` defines ``add_arguments(parser)`` and
 ``run(args) -> int``; it parses, calls one library function and prints.
-Errors a user can fix (:class:`czii.errors.CziiError`) become one line on
-stderr and exit status 2.
+Errors a user can fix (:class:`czii.errors.CziiError`) and refusals of the
+operating system (``OSError``: permissions, read-only mounts, a full disk)
+become one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except CziiError as exc:
         print(f"czii {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the system refused: permissions, read-only mount, full disk, missing file
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"czii {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", metavar="PATH",
                         help="dataset paths replacing the rows' data.sources[].path in order")
     add_device_argument(parser)
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="use rows whose training did not run every planned epoch")
     parser.add_argument("--workdir", help="where Kaggle picks are staged for copick (default: a cache folder)")
 
 
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = build_ensemble(args.rows, args.out, weights=args.weights,
                             leaderboard=args.leaderboard or DEFAULT_LEADERBOARD, data=args.data,
-                            device=chosen_device(args), workdir=args.workdir)
+                            device=chosen_device(args), workdir=args.workdir,
+                            allow_unfinished=args.allow_unfinished)
     tune = result.tune
 
     def fmt(value) -> str:

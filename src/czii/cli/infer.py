@@ -35,9 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-spec-mismatch", action="store_true",
                         help="use thresholds tuned under another predictor spec (other TTA, tiles, ...); the "
                              "manifest records it. Without it such thresholds are refused")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="use models whose training did not run every planned epoch; the manifest records it")
+    parser.add_argument("--nan-policy", choices=("error", "repair"),
+                        help="non-finite voxels: stop (error) or replace them by the finite mean (repair); "
+                             "default: the spec's data.nan_policy")
     add_device_argument(parser)
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV and its manifest")
     parser.add_argument("--out", required=True, metavar="CSV",
                         help="submission CSV to write, e.g. submissions/<name>.csv (manifest: <CSV>.manifest.json)")
 
@@ -50,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         args.models, args.data, split=args.split, runs=args.runs, out_csv=args.out, tta=tta,
         thresholds=args.thresholds, device=args.device, copick_user=args.copick_user,
         copick_session=args.copick_session, tile_zyx=args.tile, batch_size=args.batch_size,
-        allow_spec_mismatch=args.allow_spec_mismatch,
+        allow_spec_mismatch=args.allow_spec_mismatch, overwrite=args.overwrite, nan_policy=args.nan_policy,
+        allow_unfinished=args.allow_unfinished,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.manifest

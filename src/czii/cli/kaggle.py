@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="thresholds JSON to ship (default: the models' thresholds.json, else the defaults)")
     parser.add_argument("--allow-spec-mismatch", action="store_true",
                         help="ship thresholds tuned under another predictor spec (e.g. after --tta); recorded")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="ship models whose training did not run every planned epoch; recorded in the manifest")
     parser.epilog = f"Not bundled (assumed present on Kaggle): {', '.join(PROVIDED_PATTERNS)}."
 
 
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     tta = args.tta.split(",") if args.tta and "," in args.tta else args.tta
     result = build_kaggle_dataset(args.models, args.out, target=target, wheels_from=args.wheels_from,
                                   tta=tta, thresholds=args.thresholds,
-                                  allow_spec_mismatch=args.allow_spec_mismatch)
+                                  allow_spec_mismatch=args.allow_spec_mismatch,
+                                  allow_unfinished=args.allow_unfinished)
     m = result.manifest
     print(f"{len(m['wheels'])} wheels ({result.wheels_bytes / 2**20:.0f} MiB) for {target.key}, "
           f"{len(m['models']['members'])} models ({m['models']['description']}), TTA {', '.join(m['models']['tta'])}, "

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predict the out-of-fold runs again under the run's spec even without --set")
     parser.add_argument("--data", nargs="+", metavar="PATH", help="training data for re-predicting (default: the "
                         "run config's sources)")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="tune on folds whose training did not run every planned epoch (recorded in the file)")
     add_device_argument(parser)
     parser.add_argument(
         "--grid",
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
         spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=chosen_device(args))
         print(f"re-predicted the out-of-fold runs under predictor spec {spec.hash}")
-    rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid)
+    rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid, allow_unfinished=args.allow_unfinished)
     n_runs = sum(len(r) for r in rep.folds.values())
     print(
         f"{args.run_dir}: {len(rep.folds)} fold(s), {n_runs} runs, "

@@ -16,6 +16,7 @@ staged one) so copick viewers show them. Every problem with the data raises
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,13 @@ from czii.data.staging import (
     stage_kaggle_split,
 )
 from czii.errors import ConfigError, DataError, SubmissionError
+from czii.geometry import extent_xyz_A
 from czii.particles import BY_NAME, PARTICLE_NAMES
 from czii.picks import PICK_COLUMNS, empty_table, read_picks_csv
 
 KAGGLE_TOMO_TYPE = "denoised"
 NAN_POLICIES = ("error", "repair")
+OUT_OF_VOLUME_POLICIES = ("error", "drop")
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ def _non_finite_policy(data: np.ndarray, nan_policy: str, what: str) -> np.ndarr
         return data
     if nan_policy == "error":
         raise DataError(
-            f"{what}: {n_bad} non-finite voxels (NaN/inf); pass nan_policy='repair' to replace them "
-            "with the mean of the finite voxels"
+            f"{what}: {n_bad} non-finite voxels (NaN/inf); set data.nan_policy: repair in the config (or "
+            "--set data.nan_policy=repair) to replace them with the mean of the finite voxels"
         )
     if n_bad == data.size:
         raise DataError(f"{what}: all {n_bad} voxels are non-finite; nothing to repair from")
@@ -238,6 +241,12 @@ class Dataset:
         if nan_policy not in NAN_POLICIES:
             raise ConfigError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
         array, spacing, chosen, where = self._level_array(run, tomo_type, level)
+        present, expected = array.nchunks_initialized, array.nchunks  # store keys only, no voxel read
+        if present < expected:
+            raise DataError(
+                f"{where}/{level}: {expected - present} of {expected} chunks are missing (zarr would read them as "
+                f"the fill value {array.fill_value!r}); the tomogram of run {run!r} is incomplete"
+            )
         try:
             data = np.asarray(array[...], dtype=np.float32)
         except Exception as exc:  # codec and chunk errors come in many types
@@ -245,6 +254,38 @@ class Dataset:
         what = f"run {run!r} tomogram {chosen!r} level {level} ({where})"
         data = _non_finite_policy(data, nan_policy, what)
         return Volume(data=data, spacing_zyx_A=spacing, run=run, tomo_type=chosen, level=level)
+
+    def picks_in_volume(self, picks: pd.DataFrame, policy: str = "error") -> pd.DataFrame:
+        """``picks`` (of this dataset's runs) without the ones more than one particle radius outside their
+        run's tomogram (level 0 metadata; runs without tomograms are not checked): ``policy`` ``error``
+        refuses them with a DataError naming the run, a point and the extent; ``drop`` drops them and says
+        how many on stderr."""
+        if policy not in OUT_OF_VOLUME_POLICIES:
+            raise ConfigError(f"data.out_of_volume must be one of {OUT_OF_VOLUME_POLICIES}, got {policy!r}")
+        outside = np.zeros(len(picks), dtype=bool)
+        for run, rows in picks.groupby("experiment", sort=True):
+            try:
+                types = self.tomogram_types(str(run))
+            except DataError:
+                continue  # a picks-only project (e.g. a solution): no extent to check against
+            array, spacing, chosen, _ = self._level_array(str(run), self.tomo_type or types[0], 0)
+            upper = extent_xyz_A(array.shape, spacing)
+            radius = rows["particle_type"].map(lambda c: BY_NAME[c].radius_A).to_numpy()[:, None]
+            xyz = rows[["x", "y", "z"]].to_numpy(dtype=np.float64)
+            bad = ((xyz < -radius) | (xyz > upper + radius)).any(axis=1)
+            if bad.any() and policy == "error":
+                first = rows[bad].iloc[0]
+                raise DataError(
+                    f"{self.source}: run {run!r} has {int(bad.sum())} picks more than one radius outside its "
+                    f"{chosen} tomogram (x, y, z within [0, {upper[0]:.1f}] × [0, {upper[1]:.1f}] × "
+                    f"[0, {upper[2]:.1f}] Å), e.g. {first.particle_type} at ({first.x:.1f}, {first.y:.1f}, "
+                    f"{first.z:.1f}) Å; fix the picks, or set data.out_of_volume: drop to train without them"
+                )
+            outside[picks.index.get_indexer(rows.index[bad])] = True
+        if outside.any():
+            print(f"note: dropped {int(outside.sum())} picks more than one radius outside their tomogram "
+                  f"(data.out_of_volume: drop) in {self.source}", file=sys.stderr)
+        return picks[~outside].reset_index(drop=True)
 
     def _class_of(self, object_name: str, run: str) -> str | None:
         if object_name in self._aliases:
@@ -394,7 +435,8 @@ def load_solution(path: str | Path, split: str | None = None) -> pd.DataFrame:
     if path.suffix.lower() == ".csv":
         table = read_picks_csv(path, "solution")
     elif path.is_dir() or (path.is_file() and path.suffix.lower() == ".json"):
-        table = open_dataset(path, split=split).picks()
+        dataset = open_dataset(path, split=split)
+        table = dataset.picks_in_volume(dataset.picks())
     else:
         raise SubmissionError(
             f"solution {path} must be a CSV file, a copick config JSON or a Kaggle directory"

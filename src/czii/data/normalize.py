@@ -51,13 +51,15 @@ def load_run_input(
     *,
     level: int = 0,
     clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
+    nan_policy: str = "error",
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Normalised float32 ``[C_in, Z, Y, X]`` model input of ``run`` (one channel per tomogram type, in the
-    order of ``input_channels``) and its spacing; DataError when the channels differ in shape or spacing."""
+    order of ``input_channels``) and its spacing; DataError when the channels differ in shape or spacing.
+    ``nan_policy`` (``data.nan_policy``): ``error`` or ``repair`` non-finite voxels (:meth:`Dataset.tomogram`)."""
     channels: list[np.ndarray] = []
     spacing_zyx_A: tuple[float, float, float] | None = None
     for tomo_type in input_channels:
-        vol = dataset.tomogram(run, tomo_type=tomo_type, level=level)
+        vol = dataset.tomogram(run, tomo_type=tomo_type, level=level, nan_policy=nan_policy)
         aligned = not channels or (
             vol.data.shape == channels[0].shape and np.allclose(vol.spacing_zyx_A, spacing_zyx_A, rtol=1e-4)
         )

@@ -40,11 +40,11 @@ from tqdm import tqdm
 
 from czii import distributed as ddp
 from czii.data import Dataset, open_dataset
-from czii.errors import ConfigError, DataError
+from czii.errors import DataError
 from czii.geometry import extent_xyz_A
 from czii.inference.predictor import Predictor, checkpoints_spec
 from czii.inference.sharding import gather_outcomes, shard_runs
-from czii.io import atomic_write_text, git_commit, sha256_file
+from czii.io import atomic_write_text, check_output, git_commit, sha256_file
 from czii.picks import CANDIDATE_COLUMNS, empty_table
 from czii.predictor import (
     DEFAULT_THRESHOLDS,
@@ -55,6 +55,7 @@ from czii.predictor import (
     resolve_thresholds,
     with_overrides,
 )
+from czii.rundir import check_finished
 from czii.submission import to_submission, validate_submission, write_submission
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -83,18 +84,22 @@ def resolve_predictor(
     batch_size: int | None = None,
     thresholds: str | Path | None = None,
     allow_spec_mismatch: bool = False,
-) -> tuple[PredictorSpec, SpecCheck]:
-    """The spec ``models`` names with the overrides applied, and its checked thresholds (module docstring)."""
+    nan_policy: str | None = None,
+    allow_unfinished: bool = False,
+) -> tuple[PredictorSpec, SpecCheck, list[str]]:
+    """The spec ``models`` names with the overrides applied, its checked thresholds (module docstring) and
+    the members whose training did not finish (refused unless ``allow_unfinished``)."""
     paths = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
     spec = resolve_spec(paths)
     if spec is None:
         spec = checkpoints_spec(paths)
-    spec = with_overrides(spec, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size)
+    spec = with_overrides(spec, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size, nan_policy=nan_policy)
+    unfinished = check_finished([m.checkpoint for m in spec.members], allow_unfinished)
     run_dir = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     how = (f" with `czii tune --run-dir {run_dir} --set infer.tta=... --set infer.tile_zyx=[...]` (re-predicts "
            "the out-of-fold runs)" if run_dir is not None else "")
     check = check_thresholds(spec, thresholds=thresholds, allow_mismatch=allow_spec_mismatch, how_to_retune=how)
-    return spec, check
+    return spec, check, unfinished
 
 
 def threshold_values(spec: PredictorSpec, check: SpecCheck) -> dict[str, float]:
@@ -165,6 +170,9 @@ def run_inference(
     tile_zyx: Sequence[int] | None = None,
     batch_size: int | None = None,
     allow_spec_mismatch: bool = False,
+    overwrite: bool = False,
+    nan_policy: str | None = None,
+    allow_unfinished: bool = False,
 ) -> InferenceResult:
     """Predict ``runs`` (default: all) of ``data`` with ``models`` and write ``out_csv`` + manifest.
 
@@ -172,18 +180,17 @@ def run_inference(
     folder is used as it is). ``tta``, ``tile_zyx`` and ``batch_size`` override the spec (smaller
     tiles bound the memory of CPU runs; tiles and TTA change scores, so thresholds tuned under the
     unchanged spec are refused unless ``allow_spec_mismatch``); ``thresholds`` (a thresholds JSON)
-    replaces the spec's; ``device`` defaults to CUDA when available. See the module docstring.
+    replaces the spec's; ``device`` defaults to CUDA when available. An existing ``out_csv`` (or its
+    manifest) is refused unless ``overwrite``; an unwritable one before anything is read. See the
+    module docstring.
     """
     started = time.perf_counter()
-    out_csv = Path(out_csv)
-    if out_csv.is_dir():
-        raise ConfigError(f"output {out_csv} is a directory; give a CSV file path, e.g. submissions/<name>.csv")
-    blocker = next((p for p in out_csv.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise ConfigError(f"output {out_csv}: {blocker} is a file, not a folder")
+    out_csv = check_output(out_csv, "output", overwrite=overwrite)
+    check_output(manifest_path(out_csv), "manifest", overwrite=overwrite)
     # everything that needs no model is checked first: building models takes a while
-    spec, check = resolve_predictor(models, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size,
-                                    thresholds=thresholds, allow_spec_mismatch=allow_spec_mismatch)
+    spec, check, unfinished = resolve_predictor(
+        models, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size, thresholds=thresholds,
+        allow_spec_mismatch=allow_spec_mismatch, nan_policy=nan_policy, allow_unfinished=allow_unfinished)
     thr = threshold_values(spec, check)
     dataset = _open(data, split)
     selected = _select_runs(dataset, runs)
@@ -200,6 +207,9 @@ def run_inference(
         if ctx.is_main and check.status == "unrecorded":
             print(f"note: {check.source} does not record the predictor spec it was tuned under; it cannot be "
                   f"checked against this predictor (spec {spec.hash})", file=sys.stderr)
+        if ctx.is_main and unfinished:
+            print(f"warning: unfinished training used (--allow-unfinished; recorded in the manifest): "
+                  f"{'; '.join(unfinished)}", file=sys.stderr)
         if ctx.is_main and check.status == "mismatch-allowed":
             print(f"warning: {check.source} was tuned under spec {check.tuned_hash}, this predictor is spec "
                   f"{spec.hash} (--allow-spec-mismatch; recorded in the manifest)", file=sys.stderr)
@@ -230,6 +240,8 @@ def run_inference(
                  "epoch": meta.get("epoch"), "val_score": meta.get("val_score")}
                 for m, meta in zip(spec.members, predictor.metas)
             ],
+            "unfinished_members": unfinished,
+            "model_spacing_zyx_A": [meta.get("spacing_zyx_A") for meta in predictor.metas],
             "classes": list(spec.classes),
             "input_channels": list(spec.input.channels),
             "level": spec.input.level,

@@ -23,7 +23,7 @@ import torch
 from czii.config import Config, build_typed
 from czii.data import Dataset
 from czii.data.normalize import load_run_input
-from czii.errors import ConfigError
+from czii.errors import ConfigError, DataError
 from czii.inference.ensemble import EnsembleMember, check_compatible, predict_volume
 from czii.models import load_checkpoint, read_checkpoint
 from czii.postprocess.peaks import detect_peaks
@@ -90,7 +90,20 @@ class Predictor:
     def load_input(self, dataset: Dataset, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
         """Normalised ``[C_in, Z, Y, X]`` input of ``run`` and its spacing (Å), as the spec says."""
         inp = self.spec.input
-        return load_run_input(dataset, run, inp.channels, level=inp.level, clip_percentiles=inp.clip_percentiles)
+        return load_run_input(dataset, run, inp.channels, level=inp.level, clip_percentiles=inp.clip_percentiles,
+                              nan_policy=inp.nan_policy)
+
+    def check_spacing(self, run: str, spacing_zyx_A: Sequence[float]) -> None:
+        """DataError when ``run``'s voxels differ by more than 1 % from those a member was trained on (its
+        particles would have another size in voxels, and its picks would be mis-scaled)."""
+        for m, meta in zip(self.spec.members, self.metas):
+            trained = meta.get("spacing_zyx_A")
+            if trained is not None and not np.allclose(spacing_zyx_A, trained, rtol=0.01):
+                raise DataError(
+                    f"run {run!r}: voxel spacing {[round(float(s), 4) for s in spacing_zyx_A]} Å (pyramid level "
+                    f"{self.spec.input.level}) differs from the {[round(float(s), 4) for s in trained]} Å that "
+                    f"{m.checkpoint} was trained at; bring the tomogram to the model's spacing first"
+                )
 
     def probabilities(self, volume_czyx: np.ndarray, progress: bool = False) -> np.ndarray:
         """Ensemble × TTA probabilities ``[C, Z, Y, X]`` with the spec's tiling."""
@@ -112,6 +125,7 @@ class Predictor:
         """Scored picks of one run and its facts (shape, spacing, seconds per stage, number of picks)."""
         t0 = time.perf_counter()
         volume_czyx, spacing_zyx_A = self.load_input(dataset, run)
+        self.check_spacing(run, spacing_zyx_A)
         t1 = time.perf_counter()
         probs = self.probabilities(volume_czyx, progress)
         t2 = time.perf_counter()

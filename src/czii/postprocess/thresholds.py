@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from czii.errors import ConfigError, DataError
+from czii.io import check_output
 from czii.particles import PARTICLE_NAMES, TOTAL_WEIGHT, get_particle
 from czii.picks import check_picks_table, neighbours, read_picks_csv
 from czii.predictor import (
@@ -40,7 +41,7 @@ from czii.predictor import (
     resolve_thresholds,
     save_thresholds,
 )
-from czii.rundir import RunDir
+from czii.rundir import RunDir, check_finished
 
 BETA: float = 4.0
 
@@ -236,13 +237,16 @@ class TuneReport:
 
 
 def tune_run_dir(
-    run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, grid: Sequence[float] | None = None
+    run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, grid: Sequence[float] | None = None,
+    allow_unfinished: bool = False,
 ) -> TuneReport:
     """Tune thresholds on every fold's OOF files and write ``<run_dir>/thresholds.json`` (or ``out``),
-    recording the hash and recipe of the predictor spec the candidates were made with."""
+    recording the hash and recipe of the predictor spec the candidates were made with. A fold whose
+    training did not finish is refused unless ``allow_unfinished``."""
+    out = check_output(Path(out) if out is not None else RunDir(run_dir).thresholds, "thresholds file", overwrite=True)
+    unfinished = check_finished([f.best for f in RunDir(run_dir).folds()], allow_unfinished)
     oof = read_oof(run_dir)
     grid = _check_grid(grid)
-    out = Path(out) if out is not None else RunDir(run_dir).thresholds
     default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLDS)
     thresholds = tune_thresholds(oof.candidates, oof.truth, grid=grid)
     tuned = score_at(oof.candidates, oof.truth, thresholds)
@@ -271,6 +275,7 @@ def tune_run_dir(
         "score_tuned_in_sample": tuned.score,
         "score_cross_fitted": cross.score if cross else None,
         "runs": sorted(oof.groups),
+        "unfinished_members": unfinished,
         "folds": folds,
         "default_thresholds": dict(DEFAULT_THRESHOLDS),
         "thresholds_by_fold": cross.thresholds_by_fold if cross else None,

@@ -95,13 +95,16 @@ def load_input(config: Config, dataset: Dataset, run: str) -> tuple[np.ndarray, 
     """Normalised ``[C_in, Z, Y, X]`` float32 input of ``run`` at the config's level, input channels and
     normalisation (:func:`czii.data.normalize.load_run_input`, as inference reads it) and its spacing."""
     return load_run_input(dataset, run, config.data.input_channels, level=config.data.level,
-                          clip_percentiles=config.data.normalisation.clip_percentiles)
+                          clip_percentiles=config.data.normalisation.clip_percentiles,
+                          nan_policy=config.data.nan_policy)
 
 
 def class_picks(config: Config, dataset: Dataset, run: str) -> pd.DataFrame:
-    """Truth picks of ``run`` restricted to the config's classes."""
+    """Truth picks of ``run`` restricted to the config's classes, checked against the tomogram's extent
+    (``data.out_of_volume``: refuse or drop picks more than one radius outside it)."""
     picks = dataset.picks([run])
-    return picks[picks["particle_type"].isin(config.data.classes)].reset_index(drop=True)
+    picks = picks[picks["particle_type"].isin(config.data.classes)].reset_index(drop=True)
+    return dataset.picks_in_volume(picks, config.data.out_of_volume)
 
 
 def load_runs(

@@ -32,6 +32,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,9 @@ from tqdm import tqdm
 from czii import distributed as ddp
 from czii.config import Config, config_hash, config_to_dict, save_resolved
 from czii.errors import ConfigError
-from czii.io import atomic_write_text
+from czii.io import atomic_write_text, check_output
 from czii.models import build_model, output_channels, read_checkpoint, save_checkpoint, stride
-from czii.rundir import RunDir
+from czii.rundir import RunDir, write_status
 from czii.training.augment import mixup
 from czii.training.data import FoldSplit, PatchDataset, load_runs, open_sources, split_fold
 from czii.training.oof import ValRun, load_val_runs, shipped_oof, validate
@@ -141,8 +142,10 @@ def train(config: Config, *, fold: int, out_dir: str | Path, resume: bool = Fals
 class Trainer:
     """Model, EMA, loss, optimiser, schedule and scaler of one run, and one optimisation step."""
 
-    def __init__(self, config: Config, device: torch.device, ddp_enabled: bool = False) -> None:
+    def __init__(self, config: Config, device: torch.device, ddp_enabled: bool = False,
+                 spacing_zyx_A: Sequence[float] | None = None) -> None:
         self.config = config
+        self.spacing_zyx_A = None if spacing_zyx_A is None else [float(s) for s in spacing_zyx_A]
         self.device = device
         tcfg = config.train
         self.activation = activation_for(config.loss.name)
@@ -206,6 +209,7 @@ class Trainer:
             "activation": self.activation,
             "normalisation": dataclasses.asdict(config.data.normalisation),
             "level": config.data.level,
+            "spacing_zyx_A": self.spacing_zyx_A,
             "stride": stride(config.model),
             "state_dict": self.model.state_dict(),
             "ema_state_dict": self.ema.state_dict() if self.ema is not None else None,
@@ -248,7 +252,7 @@ class Trainer:
 
 def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.DistContext, workdir,
            max_epochs: int | None) -> Path:
-    run_dir = RunDir(out_dir)
+    run_dir = RunDir(check_output(out_dir, "--out", kind="dir", overwrite=True))
     fold_dir = run_dir.fold(fold)
     last_path, best_path = fold_dir.last, fold_dir.best
     if resume and not last_path.is_file():
@@ -268,7 +272,8 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
     runs = load_runs(config, datasets, split.train, progress=ctx.is_main)
     val_runs: list[ValRun] = load_val_runs(config, datasets, fold) if ctx.is_main else []
 
-    trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled)
+    trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled,
+                      spacing_zyx_A=runs[0].spacing_zyx_A if runs else None)
     start_epoch, history, best_score = 0, [], -math.inf
     if ckpt is not None:
         trainer.load(ckpt)
@@ -312,6 +317,7 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
             state["resume"] = {**trainer.resume_state(), "history": history, "best_score": best_score,
                                "sampler": {"epoch": epoch + 1}}
             save_checkpoint(last_path, state)
+            write_status(fold_dir, epoch + 1, tcfg.epochs)
             _write_csv(fold_dir.history, pd.DataFrame(history, columns=list(HISTORY_COLUMNS)))
             val_text = "" if val_score is None else f", val_score {val_score:.4f}{' (best)' if improved else ''}"
             tqdm.write(f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}: train_loss {train_loss:.4f}{val_text}")
