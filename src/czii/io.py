@@ -81,7 +81,8 @@ def check_output(path: str | os.PathLike, what: str, *, overwrite: bool = False,
         raise OutputError(f"{what} {path} is a file; expected a folder")
     if path.exists() and not overwrite and (kind == "file" or any(path.iterdir())):
         raise OutputError(f"{what} {path} already exists; pass --overwrite to replace it, or choose another path")
-    parent = next(p for p in (path if kind == "dir" else path.parent, *path.parents) if p.exists() or p == Path(p.anchor))
+    start = path if kind == "dir" else path.parent
+    parent = next(p for p in (start, *path.parents) if p.exists() or p == Path(p.anchor))
     if not parent.is_dir():
         raise OutputError(f"{what} {path}: {parent} is a file, not a folder")
     try:

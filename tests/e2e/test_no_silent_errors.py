@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from czii.config import load_config, with_data_paths
 from czii.data import load_solution, open_dataset
 from czii.errors import DataError
 from czii.inference.pipeline import manifest_path
+from czii.inference.resume import work_dir
 from czii.training.data import class_picks, open_sources
 
 TRAIN_SETS = ["train.steps_per_epoch=3", "patch.size_zyx=[16,32,32]", "val.tile_zyx=[16,48,48]",
@@ -191,3 +195,36 @@ def test_9_a_tomogram_at_another_spacing_is_never_used_silently(trained, tiny_si
     line = _one_line_error(capsys, "infer", "TS_test_00", "40.049", "20.024", "was trained at")
     assert "spacing" in line and not out.exists()
     assert open_dataset(tiny_sim.kaggle_dir, split="test").tomogram("TS_test_00", level=1).spacing_zyx_A[0] < 21
+
+
+def test_a_killed_multi_run_inference_resumes_to_the_identical_csv(trained, tiny_sim, tmp_path):
+    """kill -9 after the first run is stored; the same command predicts only the rest; same bytes as uninterrupted."""
+    slow = ["--tta", "full16", "--tile", "16", "16", "16", "--batch-size", "1", "--device", "cpu"]
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "czii", "infer", "--models", str(trained["done"]), "--data",
+                str(tiny_sim.copick_config), "--out", str(out), *slow]
+
+    reference = tmp_path / "reference.csv"
+    subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
+    out = tmp_path / "killed.csv"
+    work = work_dir(out)
+    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(work.glob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.stem for p in work.glob("*.npz"))
+    if proc.returncode != -signal.SIGKILL or not 1 <= len(done) < len(tiny_sim.train_runs):
+        pytest.skip(f"the kill did not land between runs this time (rc {proc.returncode}, stored {done})")
+    assert not out.exists() and not manifest_path(out).exists()
+
+    rerun = subprocess.run(command(out), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming: {len(done)} of {len(tiny_sim.train_runs)} runs" in rerun.stderr
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["resumed_runs"] == done
+    assert all(manifest["timings"][run].get("resumed") for run in done)
+    assert out.read_bytes() == reference.read_bytes()
+    assert not work.exists()

@@ -14,7 +14,9 @@ Contract of :func:`run_inference` (what ``czii infer`` and the Kaggle notebook c
 - Per run: :meth:`czii.inference.predictor.Predictor.predict_run` (input as the spec says, ensemble
   × TTA, peaks).
 - Output: ``out_csv`` (validated against each run's extent) and ``<out_csv>.manifest.json``, both
-  written atomically after everything succeeded; with ``copick_user`` the scored picks also go to
+  written atomically after everything succeeded; each finished run's picks wait in
+  ``<out_csv>.work/`` (:mod:`czii.inference.resume`), so the same command after an interruption
+  predicts only the remaining runs and writes the same CSV; with ``copick_user`` the scored picks also go to
   the dataset's copick overlay. Every input problem is a :class:`czii.errors.CziiError` raised
   before any output exists.
 - Under ``torchrun`` (``WORLD_SIZE`` > 1) the runs are dealt round-robin over the ranks
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +46,7 @@ from czii.data import Dataset, open_dataset
 from czii.errors import DataError
 from czii.geometry import extent_xyz_A
 from czii.inference.predictor import Predictor, checkpoints_spec
+from czii.inference.resume import RunStore, work_dir
 from czii.inference.sharding import gather_outcomes, shard_runs
 from czii.io import atomic_write_text, check_output, git_commit, sha256_file
 from czii.picks import CANDIDATE_COLUMNS, empty_table
@@ -214,11 +218,30 @@ def run_inference(
             print(f"warning: {check.source} was tuned under spec {check.tuned_hash}, this predictor is spec "
                   f"{spec.hash} (--allow-spec-mismatch; recorded in the manifest)", file=sys.stderr)
 
+        key = {"spec": dataclasses.asdict(spec), "thresholds": thr, "data": str(Path(data).resolve()),
+               "split": dataset.split,
+               "checkpoints": [[m.checkpoint, os.stat(m.checkpoint).st_size, os.stat(m.checkpoint).st_mtime_ns]
+                               for m in spec.members]}
+        store = RunStore(work_dir(out_csv), key if ctx.is_main else None)
+        ddp.barrier(ctx)
+        resumed = [run for run in store.done() if run in selected]
+        if ctx.is_main and resumed:
+            print(f"resuming: {len(resumed)} of {len(selected)} runs already predicted in {store.folder}",
+                  file=sys.stderr)
+
+        def predict_run(run: str) -> tuple[pd.DataFrame, dict]:
+            stored = store.load(run)
+            if stored is not None:
+                return stored
+            picks, info = predictor.predict_run(dataset, run, thr, progress)
+            store.save(run, picks, info)
+            return picks, info
+
         def predict_shard() -> dict[str, tuple[pd.DataFrame, dict]]:
             mine = shard_runs(selected, ctx.rank, ctx.world_size)
             desc = "runs" if not ctx.enabled else f"runs (rank {ctx.rank})"
             bar = tqdm(mine, desc=desc, unit="run", disable=None if progress else True)
-            return {run: predictor.predict_run(dataset, run, thr, progress) for run in bar}
+            return {run: predict_run(run) for run in bar}
 
         by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
         picks = pd.concat([by_run[run][0] for run in selected], ignore_index=True)
@@ -241,6 +264,7 @@ def run_inference(
                 for m, meta in zip(spec.members, predictor.metas)
             ],
             "unfinished_members": unfinished,
+            "resumed_runs": resumed,
             "model_spacing_zyx_A": [meta.get("spacing_zyx_A") for meta in predictor.metas],
             "classes": list(spec.classes),
             "input_channels": list(spec.input.channels),
@@ -268,6 +292,7 @@ def run_inference(
                     out_csv.unlink(missing_ok=True)
                     manifest_path(out_csv).unlink(missing_ok=True)
                     raise
+            store.remove()
         return InferenceResult(submission=submission, manifest=manifest)
     finally:
         ddp.shutdown(ctx)
