@@ -27,7 +27,7 @@ OVERWRITE ?=
 OVERWRITE_ARG = $(if $(OVERWRITE),--overwrite,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all demo simulate train tune infer score experiment leaderboard report ensemble kaggle bench clean
+.PHONY: help setup test test-all demo simulate train tune infer score experiment leaderboard report ensemble kaggle bench mutate clean
 
 help: ## list the targets and their knobs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -102,6 +102,12 @@ $(WORK)/sim/copick_config.json: | $(STAMP)
 bench: $(STAMP) $(WORK)/sim/copick_config.json ## training throughput and full-tomogram inference time of CONFIG on this machine → benchmarks/results/
 	$(BIN)/python benchmarks/bench_train.py --config $(CONFIG) $(DEVICE_ARG) --out benchmarks/results/train_$(EXP).md
 	$(BIN)/python benchmarks/bench_inference.py --config $(CONFIG) $(DEVICE_ARG)
+
+mutate: $(STAMP) ## mutation testing of the pure core (metric, picks, geometry, peaks, TTA, tiling, targets, augment, losses, EMA/LR) on its fast tests → benchmarks/results/mutation.md
+	rm -rf mutants
+	# one thread: mutmut forks its test runner, and a forked multi-threaded torch can hang
+	start=$$(date +%s); OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run; $(BIN)/mutmut export-cicd-stats; \
+	$(BIN)/python benchmarks/mutation_report.py --seconds $$(( $$(date +%s) - start ))
 
 clean: ## remove work/ outputs (keeps .venv)
 	rm -rf $(WORK)

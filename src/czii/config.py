@@ -126,6 +126,7 @@ class TrainConfig:
     seed: int
     val_every: int
     init_from: Optional[str]
+    max_minutes: Optional[float]
 
 
 @dataclass
@@ -456,6 +457,8 @@ def _validate(config: Config, origins: _Origins) -> None:
             raise fail(key, str(exc)) from None
     if config.train.seed < 0 or config.train.num_workers < 0:
         raise fail("train.seed", "train.seed and train.num_workers must be >= 0")
+    if config.train.max_minutes is not None and not config.train.max_minutes > 0:
+        raise fail("train.max_minutes", f"must be > 0 or null, got {config.train.max_minutes}")
     if not 0 <= config.train.ema_decay < 1:
         raise fail("train.ema_decay", f"must be in [0, 1) (0 = off), got {config.train.ema_decay}")
     for key, value in (("train.epochs", config.train.epochs), ("train.steps_per_epoch", config.train.steps_per_epoch),

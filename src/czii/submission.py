@@ -9,7 +9,6 @@ Truth picks from a copick project or a Kaggle directory: :func:`czii.data.load_s
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -108,16 +107,18 @@ def read_submission(path: str | Path) -> pd.DataFrame:
 
 
 def check_experiments(submission: pd.DataFrame, solution: pd.DataFrame, submission_name: str,
-                      solution_name: str) -> None:
+                      solution_name: str) -> str | None:
     """SubmissionError when a non-empty submission shares no experiment with the solution (it would score 0
-    for a reason that is not the model's); a warning with counts on stderr when only some are shared."""
+    for a reason that is not the model's); else a warning with counts when only some are shared (None when
+    all are)."""
     predicted, truth = set(submission["experiment"].astype(str)), set(solution["experiment"].astype(str))
     shared = predicted & truth
     if predicted and not shared:
         raise SubmissionError(f"submission {submission_name} shares no experiment with solution {solution_name}: "
                               f"submission has {preview(sorted(predicted))}, solution has {preview(sorted(truth))}")
-    if predicted != truth:
-        print(f"warning: {len(shared)} of the solution's {len(truth)} experiments are in the submission "
-              f"({len(truth - shared)} missing: {preview(sorted(truth - shared)) or 'none'}); "
-              f"{len(predicted - shared)} submission experiments are not in the solution and are ignored "
-              f"({preview(sorted(predicted - shared)) or 'none'})", file=sys.stderr)
+    if predicted == truth:
+        return None
+    return (f"warning: {len(shared)} of the solution's {len(truth)} experiments are in the submission "
+            f"({len(truth - shared)} missing: {preview(sorted(truth - shared)) or 'none'}); "
+            f"{len(predicted - shared)} submission experiments are not in the solution and are ignored "
+            f"({preview(sorted(predicted - shared)) or 'none'})")

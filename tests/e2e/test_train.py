@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,16 @@ def test_init_from_starts_from_another_runs_weights(tiny_sim, tmp_path):
     other = _config(tiny_sim, "model.decoder_channels=[16,16,8]", f"train.init_from={best}")
     with pytest.raises(ConfigError, match="init_from"):
         train(other, fold=1, out_dir=tmp_path / "other")
+
+
+def test_a_wall_clock_budget_stops_cleanly_with_a_best_checkpoint_and_oof(tiny_sim, tmp_path):
+    config = _config(tiny_sim, "train.epochs=50", "train.steps_per_epoch=2", "train.max_minutes=0.05",
+                     "infer.tile_zyx=[16,48,48]")
+    fold = Path(train(config, fold=0, out_dir=tmp_path / "budget"))
+    history = pd.read_csv(fold / "history.csv")
+    status = json.loads((fold / "status.json").read_text())
+    assert 1 <= len(history) < 50 and status == {"planned_epochs": len(history), "done_epochs": len(history),
+                                                  "finished": True}
+    assert history["val_score"].notna().iloc[-1], "the last epoch of a budgeted run is validated"
+    assert (fold / "checkpoints" / "best.pt").is_file() and (fold / "oof" / "spec.json").is_file()
+    assert history["seconds"].sum() < 0.05 * 60 + 2 * history["seconds"].max(), "stopped within about an epoch"

@@ -15,7 +15,7 @@ from conftest import CPU_TINY
 from czii.config import LossConfig, load_config
 from czii.postprocess.peaks import detect_peaks
 from czii.training.data import PatchDataset
-from czii.training.loop import ema_update, lr_factor
+from czii.training.optim import ema_update, ema_warmup_decay, lr_factor, plan_epochs
 from czii.training.losses import HeatmapLoss
 from czii.training.patches import RunData
 
@@ -38,6 +38,9 @@ def test_ema_moves_a_tenth_of_the_way_at_decay_0_9():
     ema_update(ema, model, 0.5)
     assert ema.weight.item() == pytest.approx(-0.405)  # 0.5 * 0.19 + 0.5 * -1
     assert model.weight.item() == -1.0, "the model itself is never changed"
+    # early steps follow the model: 2/11 after the first step, the configured decay once (1+s)/(10+s) exceeds it
+    assert ema_warmup_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_warmup_decay(0.9, 1000) == 0.9 and ema_warmup_decay(0.99, 80) == pytest.approx(81 / 90)
 
 
 def test_lr_schedule_by_hand():
@@ -52,6 +55,15 @@ def test_lr_schedule_by_hand():
     assert lr_factor(55, 100, 10, "constant", 0.01) == 1.0
     values = [lr_factor(s, 100, 10, "cosine", 0.01) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:])), "decays monotonically after the warm-up"
+
+
+def test_a_budget_plans_the_epochs_that_fit():
+    # 3 epochs done, 100 s left at 30 s an epoch: 3 more (6 in all), never past the configured 60
+    assert plan_epochs(3, 60, 100.0, 30.0) == 6
+    assert plan_epochs(3, 4, 100.0, 30.0) == 4
+    assert plan_epochs(3, 60, 20.0, 30.0) == 3, "not even one more epoch fits: stop now"
+    assert plan_epochs(3, 60, -5.0, 30.0) == 3, "over budget: stop now"
+    assert plan_epochs(1, 60, 1e9, 0.0) == 60
 
 
 def _loss(name: str, **kw) -> HeatmapLoss:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 
@@ -19,12 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from czii.data import load_solution  # copick, pandas, scipy: imported only when scoring
     from czii.metric import format_table, score
+    from czii.particles import PARTICLE_NAMES
+    from czii.picks import check_picks_table
     from czii.submission import check_experiments, read_submission, validate_submission
 
     submission = read_submission(args.submission)
     validate_submission(submission)  # what Kaggle checks before scoring: columns, unique integer ids, finite x, y, z
-    solution = load_solution(args.solution, split=args.split)
-    check_experiments(submission, solution, args.submission, args.solution)
+    solution = check_picks_table(load_solution(args.solution, split=args.split), "solution", known=PARTICLE_NAMES)
+    warning = check_experiments(submission, solution, args.submission, args.solution)
     report = score(solution, submission)
+    if warning:
+        print(warning, file=sys.stderr)
     print(json.dumps(report.to_dict()) if args.json else format_table(report))
     return 0

@@ -51,32 +51,9 @@ from czii.training.augment import mixup
 from czii.training.data import FoldSplit, PatchDataset, load_runs, open_sources, split_fold
 from czii.training.oof import ValRun, load_val_runs, shipped_oof, validate
 from czii.training.losses import HeatmapLoss, activation_for
+from czii.training.optim import copy_buffers, ema_update, ema_warmup_decay, lr_factor, plan_epochs
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_score", "lr", "seconds")
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_factor: float) -> float:
-    """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def copy_buffers(dst: torch.nn.Module, src: torch.nn.Module) -> None:
-    for d, s in zip(dst.buffers(), src.buffers()):
-        d.copy_(s)
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema ← decay · ema + (1 − decay) · model`` for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
-    copy_buffers(ema, model)
 
 
 def _rng_state() -> dict:
@@ -158,10 +135,11 @@ class Trainer:
         self.loss_fn = HeatmapLoss(config.loss, len(config.data.classes)).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            weight_decay=config.optim.weight_decay)
-        total_steps = tcfg.epochs * tcfg.steps_per_epoch
+        self.planned_epochs = tcfg.epochs  # lowered by a train.max_minutes budget (plan_epochs)
         warmup_steps = round(config.optim.warmup_epochs * tcfg.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(
-            step, total_steps, warmup_steps, config.optim.schedule, config.optim.min_lr_factor))
+            step, self.planned_epochs * tcfg.steps_per_epoch, warmup_steps, config.optim.schedule,
+            config.optim.min_lr_factor))
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.amp)
         self.amp_dtype = amp_dtype if device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -189,8 +167,7 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
         if self.ema is not None:
-            decay = min(self.config.train.ema_decay, (1 + self.global_step) / (10 + self.global_step))
-            ema_update(self.ema, self.model, decay)
+            ema_update(self.ema, self.model, ema_warmup_decay(self.config.train.ema_decay, self.global_step))
         return float(loss.detach())
 
     def sync_buffers(self, ctx: ddp.DistContext) -> None:
@@ -278,6 +255,7 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
     if ckpt is not None:
         trainer.load(ckpt)
         start_epoch, history, best_score = ckpt["epoch"], ckpt["resume"]["history"], ckpt["resume"]["best_score"]
+        trainer.planned_epochs = ckpt["resume"].get("planned_epochs", tcfg.epochs)
     else:
         if tcfg.init_from:
             trainer.init_from(tcfg.init_from)
@@ -285,8 +263,11 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
             _write_run_files(config, run_dir, fold, ctx, split)
 
     dataset = PatchDataset(config, runs, rank=ctx.rank)
-    end_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, start_epoch + max_epochs)
-    for epoch in range(start_epoch, end_epoch):
+    call_started = time.time()
+    spent_before = sum(h["seconds"] for h in history)  # a budget counts the epochs of earlier calls too
+    stop_after = trainer.planned_epochs if max_epochs is None else min(trainer.planned_epochs, start_epoch + max_epochs)
+    epoch = start_epoch
+    while epoch < min(stop_after, trainer.planned_epochs):
         t0 = time.time()
         dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(dataset, batch_size=tcfg.batch_size, shuffle=False,
@@ -294,8 +275,8 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
                                              drop_last=True)
         trainer.net.train()
         loss_sum = 0.0
-        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}", disable=None if ctx.is_main else True,
-                   leave=False)
+        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{trainer.planned_epochs}",
+                   disable=None if ctx.is_main else True, leave=False)
         for step, (x, y) in enumerate(bar):
             mix_rng = np.random.default_rng([tcfg.seed, 1, epoch, ctx.rank, step])
             loss_sum += trainer.step(*mixup(x, y, mix_rng, config.augment.mixup_prob, config.augment.mixup_alpha))
@@ -304,7 +285,11 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
         train_loss = ddp.mean_across_ranks(loss_sum / tcfg.steps_per_epoch, ctx)
 
         val_score, improved = None, False
-        is_last = epoch + 1 == tcfg.epochs
+        if tcfg.max_minutes is not None:
+            per_epoch = ddp.mean_across_ranks((time.time() - call_started) / (epoch + 1 - start_epoch), ctx)
+            left = tcfg.max_minutes * 60 - spent_before - ddp.mean_across_ranks(time.time() - call_started, ctx)
+            trainer.planned_epochs = plan_epochs(epoch + 1, tcfg.epochs, left, per_epoch)
+        is_last = epoch + 1 == trainer.planned_epochs
         if ctx.is_main and val_runs and ((epoch + 1) % tcfg.val_every == 0 or is_last):
             val_score = validate(trainer.eval_model, val_runs, config, ctx.device)
             if val_score > best_score:
@@ -315,14 +300,15 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
                             "lr": trainer.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})
             state = trainer.checkpoint(epoch + 1, val_score)
             state["resume"] = {**trainer.resume_state(), "history": history, "best_score": best_score,
-                               "sampler": {"epoch": epoch + 1}}
+                               "planned_epochs": trainer.planned_epochs}
             save_checkpoint(last_path, state)
-            write_status(fold_dir, epoch + 1, tcfg.epochs)
+            write_status(fold_dir, epoch + 1, trainer.planned_epochs)
             _write_csv(fold_dir.history, pd.DataFrame(history, columns=list(HISTORY_COLUMNS)))
             val_text = "" if val_score is None else f", val_score {val_score:.4f}{' (best)' if improved else ''}"
-            tqdm.write(f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}: train_loss {train_loss:.4f}{val_text}")
+            tqdm.write(f"fold {fold} epoch {epoch + 1}/{trainer.planned_epochs}: train_loss {train_loss:.4f}{val_text}")
         ddp.barrier(ctx)
-    if ctx.is_main and val_runs and end_epoch == tcfg.epochs and best_path.is_file():
+        epoch += 1
+    if ctx.is_main and val_runs and epoch >= trainer.planned_epochs and best_path.is_file():
         shipped_oof(config, fold_dir, val_runs, ctx.device)
     ddp.barrier(ctx)
     digest = state_sha256(trainer.model, *([trainer.ema] if trainer.ema is not None else []))
