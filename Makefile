@@ -27,11 +27,11 @@ OVERWRITE ?=
 OVERWRITE_ARG = $(if $(OVERWRITE),--overwrite,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all demo simulate train tune infer score experiment leaderboard report ensemble kaggle bench mutate clean
+.PHONY: help setup test test-all demo simulate train tune infer score experiment leaderboard report ensemble kaggle bench bench-accuracy mutate clean
 
 help: ## list the targets and their knobs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  knobs: CONFIG=$(CONFIG) FOLD=$(FOLD) DATA=<kaggle dir|copick config> RUN=$(RUN) DEVICE=cpu|cuda"
+	@echo "  knobs: CONFIG=$(CONFIG) FOLD=$(FOLD) DATA=<kaggle dir|copick config> RUN=$(RUN) DEVICE=cpu|cuda MINUTES=$(MINUTES) OVERWRITE=1"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -102,6 +102,10 @@ $(WORK)/sim/copick_config.json: | $(STAMP)
 bench: $(STAMP) $(WORK)/sim/copick_config.json ## training throughput and full-tomogram inference time of CONFIG on this machine → benchmarks/results/
 	$(BIN)/python benchmarks/bench_train.py --config $(CONFIG) $(DEVICE_ARG) --out benchmarks/results/train_$(EXP).md
 	$(BIN)/python benchmarks/bench_inference.py --config $(CONFIG) $(DEVICE_ARG)
+
+MINUTES ?= 5
+bench-accuracy: $(STAMP) ## F4 on unseen simulated test sets after MINUTES of CPU training of CONFIG (2 folds) → benchmarks/results/accuracy_*.md
+	$(BIN)/python benchmarks/accuracy.py --config $(CONFIG) --minutes $(MINUTES)
 
 mutate: $(STAMP) ## mutation testing of the pure core (metric, picks, geometry, peaks, TTA, tiling, targets, augment, losses, EMA/LR) on its fast tests → benchmarks/results/mutation.md
 	rm -rf mutants

@@ -1,0 +1,133 @@
+"""Accuracy at a fixed wall-clock budget, on simulated tomograms the model never saw.
+
+    .venv/bin/python benchmarks/accuracy.py --config configs/cpu_tiny.yaml --minutes 5 [--folds 2] [--no-full]
+
+1. Simulates a training set (5 runs of 64×192×192, seed 101) and held-out test sets with disjoint
+   seeds and other settings: ``same`` (the training settings), ``low_snr`` (half the SNR),
+   ``crowded`` (twice the particle density) and ``full`` (one 184×630×630 tomogram, the real size
+   at level 0). Each is simulated once into ``--work`` and reused.
+2. Trains ``--folds`` folds of the config (the training runs split in order) under a total budget of
+   ``--minutes`` (``train.max_minutes`` = minutes / folds per fold; data loading and the
+   out-of-fold pass come on top and are timed apart), tunes the thresholds on the out-of-fold
+   candidates (``czii tune``) and predicts every test set with the fold ensemble (``czii infer``).
+3. Prints and writes the weighted F4 and the per-class table of every test set, the train,
+   tune and inference seconds and the machine → ``benchmarks/results/accuracy_<config>_<N>min.md``
+   (+ ``.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from czii.config import load_config, with_data_paths
+from czii.data import load_solution
+from czii.data.simulate import SimConfig, simulate_dataset
+from czii.inference import run_inference
+from czii.metric import score
+from czii.postprocess.thresholds import tune_run_dir
+from czii.submission import read_submission
+from czii.training.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = {"n_train": 5, "n_test": 0, "seed": 101}
+TEST_SETS = {
+    "same": {"n_train": 0, "n_test": 3, "seed": 9001},
+    "low_snr": {"n_train": 0, "n_test": 3, "seed": 9002, "snr": 0.5},
+    "crowded": {"n_train": 0, "n_test": 3, "seed": 9003, "density_scale": 6.0},
+    "full": {"n_train": 0, "n_test": 1, "seed": 9004, "shape_zyx": (184, 630, 630), "density_scale": 1.0},
+}
+
+
+def _simulate(folder: Path, overrides: dict) -> Path:
+    """``folder`` holding the "small" preset with ``overrides`` (simulated once, then reused)."""
+    if not (folder / "simulation.json").is_file():
+        simulate_dataset(folder, SimConfig.preset("small", **overrides), overwrite=True, progress=False)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/cpu_tiny.yaml")
+    parser.add_argument("--minutes", type=float, default=5.0, help="total training budget (all folds)")
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--work", type=Path, default=ROOT / "work" / "bench_accuracy")
+    parser.add_argument("--no-full", action="store_true", help="skip the 184×630×630 test tomogram")
+    parser.add_argument("--name", help="results file stem (default: accuracy_<config>_<N>min)")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    train_sim = _simulate(args.work / "sim_train", TRAIN)
+    tests = {name: _simulate(args.work / f"sim_{name}", over) for name, over in TEST_SETS.items()
+             if not (args.no_full and name == "full")}
+    sim_seconds = time.perf_counter() - started
+
+    runs = sorted(p.name for p in (train_sim / "kaggle" / "train" / "static" / "ExperimentRuns").iterdir())
+    folds = [runs[k::args.folds] for k in range(args.folds)]
+    stem = args.name or f"accuracy_{Path(args.config).stem}_{args.minutes:g}min"
+    config = with_data_paths(load_config(args.config, [
+        *args.overrides, f"data.folds={json.dumps(folds)}", f"train.max_minutes={args.minutes / args.folds}",
+    ]), [train_sim / "copick_config.json"])
+    run_dir = args.work / "runs" / stem
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists: remove it or pass another --name")
+    t0 = time.perf_counter()
+    for k in range(args.folds):
+        train(config, fold=k, out_dir=run_dir, device="cpu")
+    train_seconds = time.perf_counter() - t0
+    histories = [json.loads((run_dir / f"fold{k}" / "status.json").read_text()) for k in range(args.folds)]
+    t0 = time.perf_counter()
+    tuned = tune_run_dir(run_dir)
+    tune_seconds = time.perf_counter() - t0
+
+    results = {}
+    for name, folder in tests.items():
+        t0 = time.perf_counter()
+        out = args.work / "submissions" / f"{stem}_{name}.csv"
+        run_inference(run_dir, folder / "kaggle", split="test", out_csv=out, device="cpu", progress=False,
+                      overwrite=True)
+        seconds = time.perf_counter() - t0
+        report = score(load_solution(folder / "kaggle" / "solution.csv"), read_submission(out))
+        results[name] = {"f4": report.score, "seconds": seconds, "classes": report.to_dict()["classes"]}
+        print(f"{name:8s} F4 {report.score:.3f}  ({seconds:.0f} s)")
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+               f"({torch.get_num_threads()} threads), no GPU")
+    doc = {"config": args.config, "overrides": args.overrides, "minutes": args.minutes, "folds": args.folds,
+           "machine": machine, "epochs_per_fold": [h["done_epochs"] for h in histories],
+           "simulate_seconds": sim_seconds, "train_seconds": train_seconds, "tune_seconds": tune_seconds,
+           "oof": {"default": tuned.score_default, "cross_fitted": tuned.score_cross_fitted,
+                   "in_sample": tuned.score_in_sample},
+           "spec_hash": tuned.spec_hash, "tests": results}
+    out_dir = ROOT / "benchmarks" / "results"
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    names = list(results)
+    classes = list(next(iter(results.values()))["classes"])
+    lines = [
+        f"# {stem}: `{args.config}` {' '.join(args.overrides)}, {args.minutes:g} min of training on {machine}",
+        "",
+        f"{args.folds} folds, epochs per fold {doc['epochs_per_fold']}; train {train_seconds:.0f} s (data loading "
+        f"and the out-of-fold pass included), tune {tune_seconds:.1f} s; out-of-fold F4 default "
+        f"{tuned.score_default:.3f}, cross-fitted {tuned.score_cross_fitted or float('nan'):.3f}.",
+        "",
+        "| test set | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| **weighted F4** | " + " | ".join(f"**{results[n]['f4']:.3f}**" for n in names) + " |",
+        *[f"| {c} | " + " | ".join(f"{results[n]['classes'][c]['f_beta']:.3f}" for n in names) + " |"
+          for c in classes],
+        "| inference s | " + " | ".join(f"{results[n]['seconds']:.0f}" for n in names) + " |",
+        "",
+    ]
+    (out_dir / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
