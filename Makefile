@@ -76,9 +76,11 @@ tune: $(STAMP) ## tune per-class thresholds on the out-of-fold picks of RUN
 	$(CZII) tune --run-dir $(RUN)
 
 infer: $(STAMP) ## ensemble + TTA inference of MODELS on DATA (test split) → SUBMISSION (OVERWRITE=1 replaces it)
+	@test -n "$(DATA)" || { echo "make infer: DATA=<Kaggle dir|copick config> is required" >&2; exit 2; }
 	$(CZII) infer --models $(MODELS) --data $(DATA) --split test --out $(SUBMISSION) $(OVERWRITE_ARG) $(DEVICE_ARG)
 
 score: $(STAMP) ## score SUBMISSION against SOLUTION (CSV, copick config or Kaggle dir)
+	@test -n "$(SOLUTION)" || { echo "make score: SOLUTION=<solution CSV|copick config|Kaggle dir> is required" >&2; exit 2; }
 	$(CZII) score --submission $(SUBMISSION) --solution $(SOLUTION)
 
 experiment: $(STAMP) ## train every fold of CONFIG, tune, report, add a leaderboard row

@@ -52,6 +52,16 @@ def _simulate(folder: Path, overrides: dict) -> Path:
     return folder
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/cpu_tiny.yaml")
@@ -98,7 +108,7 @@ def main() -> None:
         results[name] = {"f4": report.score, "seconds": seconds, "classes": report.to_dict()["classes"]}
         print(f"{name:8s} F4 {report.score:.3f}  ({seconds:.0f} s)")
 
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+    machine = (f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
                f"({torch.get_num_threads()} threads), no GPU")
     doc = {"config": args.config, "overrides": args.overrides, "minutes": args.minutes, "folds": args.folds,
            "machine": machine, "epochs_per_fold": [h["done_epochs"] for h in histories],

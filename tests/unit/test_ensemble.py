@@ -103,3 +103,21 @@ def test_model_with_wrong_output_channels_is_refused(activation, channels):
 def test_unknown_tta_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="unknown TTA transform 'flip_w'"):
         predict_volume([_member(_conv(3, 0), "m")], _volume(), tile_zyx=TILE, tta=("identity", "flip_w"))
+
+
+class _Certain(torch.nn.Module):
+    """Softmax logits that make the ribosome channel exactly 1.0 in float32 everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((x.shape[0], 4, *x.shape[2:]), -1e4)
+        logits[:, 2] = 1e4
+        return logits
+
+
+def test_averaged_certain_probabilities_stay_within_0_1():
+    """7 transforms x 3 weighted members x overlapping tiles sum 1/21-sized float32 shares: without the clip the
+    sum overshoots 1 by an ulp, and peak detection refuses the volume."""
+    members = [_member(_Certain(), f"m{i}", activation="softmax", weight=w) for i, w in enumerate((1.0, 3.0, 7.0))]
+    out = predict_volume(members, _volume(2), tile_zyx=TILE, overlap=0.5, tta="flips_rot90")
+    assert out.max() <= 1.0 and out.min() >= 0.0
+    np.testing.assert_allclose(out[1], 1.0, atol=1e-6)

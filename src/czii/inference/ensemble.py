@@ -149,7 +149,8 @@ def predict_volume(
     """Ensemble × TTA probabilities float32 [C, Z, Y, X] of a normalised float32 [C_in, Z, Y, X] volume.
 
     ``tta`` is a list of transform names or a preset name (:data:`czii.inference.TTA_PRESETS`).
-    ``amp`` and ``channels_last`` default to on for CUDA and off for CPU.
+    ``amp`` and ``channels_last`` default to on for CUDA and off for CPU. The result is clipped to
+    [0, 1] (float32 averaging can overshoot by an ulp).
     """
     check_compatible(members)
     tta_names = resolve_tta(tta)
@@ -184,7 +185,7 @@ def predict_volume(
         channels_last=on_cuda if channels_last is None else channels_last,
     )
     with torch.inference_mode():
-        return sliding_window(
+        probs = sliding_window(
             predictor,
             volume_czyx,
             len(members[0].classes),
@@ -196,3 +197,5 @@ def predict_volume(
             device=device,
             progress=progress,
         )
+    # averaging over members, transforms and overlapping tiles can leave a probability an ulp above 1
+    return np.clip(probs, 0.0, 1.0, out=probs)
