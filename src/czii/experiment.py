@@ -65,10 +65,10 @@ from czii.errors import ConfigError, DataError
 from czii.io import atomic_write_text, check_output, git_commit, temp_sibling
 from czii.particles import PARTICLE_NAMES
 from czii.postprocess.thresholds import TuneReport, tune_run_dir
-from czii.report import OVERLAY_FILE, REPORT_DIR, OverlaySlab, Report, build_report, overlay_slab
+from czii.report import OVERLAY_FILE, OverlaySlab, Report, build_report, overlay_slab
 from czii.inference import Predictor
 from czii.predictor import MemberSpec, PredictorSpec, run_dir_spec, spec_yaml
-from czii.rundir import FoldDir, RunDir, check_finished
+from czii.rundir import FoldDir, RunDir, check_finished, read_status
 from czii.training.data import class_picks, fold_runs, open_sources, split_fold
 from czii.training.loop import train
 from czii.training.oof import load_val_runs, write_oof
@@ -220,21 +220,19 @@ class ExperimentResult:
     leaderboard: Path
 
 
-def _fold_state(fold_dir: Path, config: Config) -> str:
+def _fold_state(fold: FoldDir, config: Config) -> str:
     """``trained`` (nothing there yet), ``resumed`` (interrupted) or ``reused`` (done with this config)."""
-    if not (fold_dir / "checkpoints" / "last.pt").is_file():
+    if not fold.last.is_file():
         return "trained"
     try:
-        trained_hash = json.loads((fold_dir / "seed.json").read_text())["config_hash"]
-        history = pd.read_csv(fold_dir / "history.csv")
-    except (OSError, KeyError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{fold_dir}: has checkpoints/last.pt but unreadable seed.json or history.csv "
-                        f"({exc})") from None
+        trained_hash = json.loads(fold.seed.read_text())["config_hash"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{fold.path}: has checkpoints/last.pt but an unreadable seed.json ({exc})") from None
     if trained_hash != config_hash(config):
-        raise ConfigError(f"{fold_dir} was trained with config {trained_hash}, this experiment's config is "
+        raise ConfigError(f"{fold.path} was trained with config {trained_hash}, this experiment's config is "
                           f"{config_hash(config)}; choose another --name or --out")
-    fold = FoldDir(fold_dir)
-    done = (len(history) and history["epoch"].max() >= config.train.epochs
+    status = read_status(fold)
+    done = (status is not None and status["finished"]
             and all(p.is_file() for p in (fold.best, fold.candidates, fold.truth, fold.oof_spec)))
     return "reused" if done else "resumed"
 
@@ -295,11 +293,12 @@ def run_experiment(
         raise ConfigError(f"folds {unknown or folds} do not exist: the config has {n_folds} folds (0..{n_folds - 1})")
     run_dir = check_output(Path(out_root) / name, "run directory", kind="dir", overwrite=True)
     check_output(leaderboard, "leaderboard", overwrite=True)
-    stray = sorted(p.name for p in run_dir.glob("fold*") if p.is_dir() and p.name not in {f"fold{k}" for k in folds})
+    rd = RunDir(run_dir)
+    stray = sorted(f.name for f in rd.folds() if f.index not in folds)
     if stray:
         raise ConfigError(f"{run_dir} holds {', '.join(stray)}, which the requested folds {folds} leave out (its "
                           "out-of-fold predictions would enter the scores); include it or choose another --out/--name")
-    states = {k: _fold_state(run_dir / f"fold{k}", config) for k in folds}
+    states = {k: _fold_state(rd.fold(k), config) for k in folds}
     for k in folds:
         if states[k] != "reused":
             train(config, fold=k, out_dir=run_dir, resume=states[k] == "resumed", device=device, workdir=workdir)
@@ -307,7 +306,7 @@ def run_experiment(
     tune = tune_run_dir(run_dir)
     val_seconds, slab = _heldout_pass(config, run_dir, folds, datasets, dev, tune)
     if slab is not None:
-        slab.save(run_dir / REPORT_DIR / OVERLAY_FILE)
+        slab.save(rd.report / OVERLAY_FILE)
     report = build_report(run_dir)
 
     f4 = tune.per_class.set_index("particle_type")["f_beta_cross_fitted"]
@@ -323,7 +322,7 @@ def run_experiment(
         "cv_tuned_in_sample": tune.score_in_sample,
         **{column: f4.get(particle, math.nan) for column, particle in zip(F4_COLUMNS, PARTICLE_NAMES)},
         "thresholds": json.dumps(tune.thresholds, separators=(",", ":")),
-        "train_seconds": sum(float(pd.read_csv(run_dir / f"fold{k}" / "history.csv")["seconds"].sum()) for k in folds),
+        "train_seconds": sum(float(pd.read_csv(rd.fold(k).history)["seconds"].sum()) for k in folds),
         "val_seconds": val_seconds,
         "device": _device_label(dev),
         "run_dir": str(run_dir),
@@ -358,21 +357,20 @@ class EnsembleResult:
 
 def _member_row(row: dict, weight: float, data: Sequence[str | os.PathLike] | None,
                 allow_unfinished: bool) -> EnsembleMemberRow:
-    run_dir = Path(row["run_dir"])
-    config = load_config(run_dir / "config.yaml")
+    rd = RunDir(row["run_dir"])
+    config = load_config(rd.config)
     if data:
         config = with_data_paths(config, data)
     folds = {}
-    for k in row["folds"].split():
-        fold_dir = run_dir / f"fold{k}"
-        if not (fold_dir / "checkpoints" / "best.pt").is_file():
-            raise DataError(f"row {row_id(row)}: {fold_dir / 'checkpoints' / 'best.pt'} not found")
+    for fold in (rd.fold(int(k)) for k in row["folds"].split()):
+        if not fold.best.is_file():
+            raise DataError(f"row {row_id(row)}: {fold.best} not found")
         try:
-            folds[fold_dir.name] = tuple(sorted(json.loads((fold_dir / "seed.json").read_text())["val_runs"]))
+            folds[fold.name] = tuple(sorted(json.loads(fold.seed.read_text())["val_runs"]))
         except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"row {row_id(row)}: {fold_dir / 'seed.json'} unreadable ({exc})") from None
-    check_finished([run_dir / f / "checkpoints" / "best.pt" for f in folds], allow_unfinished)
-    return EnsembleMemberRow(row, weight, run_dir, config, folds)
+            raise DataError(f"row {row_id(row)}: {fold.seed} unreadable ({exc})") from None
+    check_finished([FoldDir(rd.path / f).best for f in folds], allow_unfinished)
+    return EnsembleMemberRow(row, weight, rd.path, config, folds)
 
 
 def _check_members(members: Sequence[EnsembleMemberRow]) -> None:
@@ -394,7 +392,7 @@ def _check_members(members: Sequence[EnsembleMemberRow]) -> None:
 def _ensemble_spec(members: Sequence[EnsembleMemberRow], fold: str | None, thresholds: Path | None) -> PredictorSpec:
     """The first row's shipped recipe over the rows' ``fold`` models (every fold's when None) at their weights."""
     recipe_of = run_dir_spec(members[0].run_dir)
-    chosen = [(m.run_dir / f / "checkpoints" / "best.pt", m.weight) for m in members
+    chosen = [(FoldDir(m.run_dir / f).best, m.weight) for m in members
               for f in (m.folds if fold is None else [fold])]
     return dataclasses.replace(recipe_of, members=[MemberSpec(str(p), w) for p, w in chosen],
                                thresholds=None if thresholds is None else str(thresholds))

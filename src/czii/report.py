@@ -44,9 +44,9 @@ from czii.io import atomic_write_bytes
 from czii.particles import get_particle
 from czii.picks import XYZ, check_picks_table, neighbours
 from czii.postprocess.thresholds import class_curves, read_oof
-from czii.predictor import load_thresholds
+from czii.predictor import load_thresholds_doc
+from czii.rundir import RunDir
 
-REPORT_DIR = "report"
 OVERLAY_FILE = "overlay.npz"
 THRESHOLD_FIGURE = "threshold_curves.png"
 TRAINING_FIGURE = "training_curves.png"
@@ -316,14 +316,14 @@ def plot_overlay(slab: OverlaySlab, path: str | os.PathLike) -> Path:
 
 def build_report(run_dir: str | os.PathLike) -> Report:
     """Rebuild every figure of ``run_dir`` from its saved outputs into ``run_dir/report/``."""
-    run_dir = Path(run_dir)
-    thresholds_path = run_dir / "thresholds.json"
-    if not thresholds_path.is_file():
-        raise DataError(f"{thresholds_path} not found: run `czii experiment` (or `czii tune --run-dir {run_dir}`) "
+    rd = RunDir(run_dir)
+    run_dir = rd.path
+    if not rd.thresholds.is_file():
+        raise DataError(f"{rd.thresholds} not found: run `czii experiment` (or `czii tune --run-dir {run_dir}`) "
                         "before building the report")
-    thresholds = load_thresholds(thresholds_path)
-    fold_thresholds = json.loads(thresholds_path.read_text()).get("thresholds_by_fold") or {}
-    out = run_dir / REPORT_DIR
+    doc = load_thresholds_doc(rd.thresholds)
+    thresholds, fold_thresholds = doc["thresholds"], doc.get("thresholds_by_fold") or {}
+    out = rd.report
     report = Report()
 
     oof = read_oof(run_dir)

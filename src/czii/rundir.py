@@ -126,15 +126,22 @@ class RunDir:
         found = [FoldDir(p) for p in self.path.iterdir() if p.is_dir() and _FOLD_NAME.fullmatch(p.name)]
         return sorted(found, key=lambda f: f.index)
 
-    def is_run_dir(self) -> bool:
-        """Whether this looks like a training run directory (a config or fold folders)."""
-        return self.config.is_file() or bool(self.folds())
 
 
 def write_status(fold: FoldDir, done_epochs: int, planned_epochs: int) -> None:
     """Record how far the fold's training got (``finished`` once every planned epoch is done)."""
     atomic_write_text(fold.status, json.dumps({"planned_epochs": planned_epochs, "done_epochs": done_epochs,
                                                "finished": done_epochs >= planned_epochs}) + "\n")
+
+
+def read_status(fold: FoldDir) -> dict | None:
+    """The fold's ``status.json`` (None when training wrote none yet); DataError when unreadable."""
+    try:
+        return json.loads(fold.status.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{fold.status}: unreadable ({exc})") from None
 
 
 def unfinished(checkpoints: Iterable[str | os.PathLike]) -> list[str]:
@@ -145,14 +152,8 @@ def unfinished(checkpoints: Iterable[str | os.PathLike]) -> list[str]:
         path = Path(checkpoint)
         if path.parent.name != "checkpoints" or not _FOLD_NAME.fullmatch(path.parent.parent.name):
             continue
-        status_path = FoldDir(path.parent.parent).status
-        try:
-            status = json.loads(status_path.read_text())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{status_path}: unreadable ({exc})") from None
-        if not status.get("finished"):
+        status = read_status(FoldDir(path.parent.parent))
+        if status is not None and not status.get("finished"):
             out.append(f"{path} (trained {status.get('done_epochs')} of {status.get('planned_epochs')} epochs)")
     return out
 
