@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/accuracy.py --config configs/cpu_tiny.yaml --minutes 5 [--folds 2] [--no-full]
 
 1. Simulates a training set (5 runs of 64×192×192, seed 101) and held-out test sets with disjoint
-   seeds and other settings: ``same`` (the training settings), ``low_snr`` (half the SNR),
-   ``crowded`` (twice the particle density) and ``full`` (one 184×630×630 tomogram, the real size
-   at level 0). Each is simulated once into ``--work`` and reused.
+   seeds and other settings: ``same`` (8 runs, the training settings), ``low_snr`` (8, half the SNR),
+   ``shifted`` (8, particle contrast × 0.8, an ice thickness ramp of ± 1 std, intensity scale
+   ~1e-5 with an offset of 20–60 × the scale), ``crowded`` (4, twice the particle density) and
+   ``full`` (one 184×630×630 tomogram, the real size at level 0, real density). Each is simulated
+   once into ``--work`` and reused while its settings hold.
 2. Trains ``--folds`` folds of the config (the training runs split in order) under a total budget of
    ``--minutes`` (``train.max_minutes`` = minutes / folds per fold; data loading and the
    out-of-fold pass come on top and are timed apart), tunes the thresholds on the out-of-fold
@@ -28,7 +30,7 @@ import torch
 
 from czii.config import load_config, with_data_paths
 from czii.data import load_solution
-from czii.data.simulate import SimConfig, simulate_dataset
+from czii.simulate import SimConfig, simulate_dataset
 from czii.inference import run_inference
 from czii.metric import score
 from czii.postprocess.thresholds import tune_run_dir
@@ -38,17 +40,23 @@ from czii.training.loop import train
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = {"n_train": 5, "n_test": 0, "seed": 101}
 TEST_SETS = {
-    "same": {"n_train": 0, "n_test": 3, "seed": 9001},
-    "low_snr": {"n_train": 0, "n_test": 3, "seed": 9002, "snr": 0.5},
-    "crowded": {"n_train": 0, "n_test": 3, "seed": 9003, "density_scale": 6.0},
+    "same": {"n_train": 0, "n_test": 8, "seed": 9001},
+    "low_snr": {"n_train": 0, "n_test": 8, "seed": 9002, "snr": 0.5},
+    "shifted": {
+        "n_train": 0, "n_test": 8, "seed": 9005, "contrast": 0.8, "ice_gradient": 1.0,
+        "intensity_scale_log10": (-5.5, -4.5), "intensity_offset": (20.0, 60.0),
+    },
+    "crowded": {"n_train": 0, "n_test": 4, "seed": 9003, "density_scale": 6.0},
     "full": {"n_train": 0, "n_test": 1, "seed": 9004, "shape_zyx": (184, 630, 630), "density_scale": 1.0},
 }
 
 
 def _simulate(folder: Path, overrides: dict) -> Path:
-    """``folder`` holding the "small" preset with ``overrides`` (simulated once, then reused)."""
-    if not (folder / "simulation.json").is_file():
-        simulate_dataset(folder, SimConfig.preset("small", **overrides), overwrite=True, progress=False)
+    """``folder`` holding the "small" preset with ``overrides`` (simulated once, then reused while its config holds)."""
+    config = SimConfig.preset("small", **overrides)
+    recorded = folder / "simulation.json"
+    if not recorded.is_file() or json.loads(recorded.read_text())["config"] != config.to_dict():
+        simulate_dataset(folder, config, overwrite=True, progress=False)
     return folder
 
 
@@ -66,7 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/cpu_tiny.yaml")
     parser.add_argument("--minutes", type=float, default=5.0, help="total training budget (all folds)")
-    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=2,
+                        help="folds over the training runs (1: one model on all runs but the last, tuned on it)")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "bench_accuracy")
     parser.add_argument("--no-full", action="store_true", help="skip the 184×630×630 test tomogram")
@@ -80,7 +89,7 @@ def main() -> None:
     sim_seconds = time.perf_counter() - started
 
     runs = sorted(p.name for p in (train_sim / "kaggle" / "train" / "static" / "ExperimentRuns").iterdir())
-    folds = [runs[k::args.folds] for k in range(args.folds)]
+    folds = [runs[k::args.folds] for k in range(args.folds)] if args.folds > 1 else [runs[-1:]]
     stem = args.name or f"accuracy_{Path(args.config).stem}_{args.minutes:g}min"
     config = with_data_paths(load_config(args.config, [
         *args.overrides, f"data.folds={json.dumps(folds)}", f"train.max_minutes={args.minutes / args.folds}",

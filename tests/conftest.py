@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from czii.config import config_to_dict, load_config, save_resolved
-from czii.data.simulate import SimConfig, SimResult, simulate_dataset
+from czii.simulate import SimConfig, SimResult, simulate_dataset
 from czii.models import build_model, save_checkpoint, stride
 from czii.particles import PARTICLE_NAMES
 from czii.predictor import recipe, spec_from_config

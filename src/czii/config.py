@@ -92,6 +92,7 @@ class AugmentConfig:
     small_rotation_deg: float
     intensity_scale: float
     intensity_shift: float
+    intensity_ramp: float
     noise_std: float
     mixup_prob: float
     mixup_alpha: float

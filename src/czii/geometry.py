@@ -58,3 +58,33 @@ def extent_xyz_A(shape_zyx: Sequence[int], spacing_zyx_A: Spacing) -> np.ndarray
     """Largest valid pick coordinate per axis (x, y, z in Å) of a volume: the last voxel centre plus half a voxel."""
     shape = np.asarray(shape_zyx, dtype=np.float64)
     return ((shape - 0.5) * spacing_zyx(spacing_zyx_A))[::-1]
+
+
+SPACING_TOLERANCE = 0.01  # relative: voxel sizes this close are the same (no resampling)
+MAX_UPSAMPLING = 2.0  # data coarser than this factor times the model's voxels is refused
+
+
+def same_spacing(a_zyx_A: Spacing, b_zyx_A: Spacing) -> bool:
+    """True when two voxel sizes agree within :data:`SPACING_TOLERANCE` on every axis."""
+    return bool(np.allclose(spacing_zyx(a_zyx_A), spacing_zyx(b_zyx_A), rtol=SPACING_TOLERANCE, atol=0))
+
+
+def resample_zyx(volume_zyx: np.ndarray, source_zyx_A: Spacing, target_zyx_A: Spacing) -> np.ndarray:
+    """``volume_zyx`` (voxels of ``source_zyx_A``) on a grid of ``target_zyx_A`` voxels, in the same frame.
+
+    Output voxel ``j`` is the (trilinear) value at ``j * target`` Å, the position of input voxel
+    ``j * target / source``, so picks found on the output grid keep their Å coordinates in the
+    input's frame (module convention); the output covers the input's extent. Downsampling first
+    smooths with a Gaussian of σ = (factor − 1) / 2 input voxels per axis (anti-aliasing).
+    """
+    from scipy import ndimage
+
+    step = spacing_zyx(target_zyx_A) / spacing_zyx(source_zyx_A)  # input voxels per output voxel
+    shape_in = np.asarray(volume_zyx.shape, dtype=np.float64)
+    shape_out = tuple(int(n) for n in np.floor((shape_in - 1) / step + 1e-9) + 1)
+    source = np.asarray(volume_zyx, dtype=np.float32)
+    sigma = np.maximum(step - 1.0, 0.0) / 2.0
+    if np.any(sigma > 0):
+        source = ndimage.gaussian_filter(source, sigma=sigma, mode="nearest")
+    return ndimage.affine_transform(source, step, output_shape=shape_out, order=1, mode="nearest").astype(
+        np.float32, copy=False)

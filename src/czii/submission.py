@@ -28,17 +28,55 @@ from czii.picks import (
     read_picks_csv,
     unknown_particle_types,
 )
+SCORES_SUFFIX = ".scores.csv"
+MANIFEST_SUFFIX = ".manifest.json"
 
-def to_submission(picks: pd.DataFrame) -> pd.DataFrame:
+
+def to_submission(picks: pd.DataFrame, keep_score: bool = False) -> pd.DataFrame:
     """Picks (experiment, particle_type, x, y, z [, extra]) → submission table.
 
-    Columns exactly ``id, experiment, particle_type, x, y, z``, rows stably sorted by
-    experiment then particle_type, ``id`` = 0..N-1.
+    Columns exactly ``id, experiment, particle_type, x, y, z`` (plus ``score`` with ``keep_score``), rows
+    stably sorted by experiment then particle_type, ``id`` = 0..N-1.
     """
-    table = check_picks_table(picks, "picks")[list(PICK_COLUMNS)]
+    columns = [*PICK_COLUMNS, "score"] if keep_score else list(PICK_COLUMNS)
+    table = check_picks_table(picks, "picks", score=keep_score)[columns]
     table = table.sort_values(["experiment", "particle_type"], kind="mergesort").reset_index(drop=True)
     table.insert(0, "id", np.arange(len(table), dtype=np.int64))
     return table
+
+
+def manifest_path(out_csv: str | Path) -> Path:
+    """Where the manifest of a submission CSV written by ``czii infer`` goes: ``<out_csv>.manifest.json``."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.name + MANIFEST_SUFFIX)
+
+
+def scores_path(submission_csv: str | Path) -> Path:
+    """The score sidecar of a submission: ``<csv>.scores.csv`` with columns ``id, score`` (peak heights)."""
+    path = Path(submission_csv)
+    return path.with_name(path.name + SCORES_SUFFIX)
+
+
+def write_scores(scored: pd.DataFrame, submission_csv: str | Path) -> Path:
+    """Write the ``id, score`` sidecar of a scored submission table (:func:`to_submission` with ``keep_score``)."""
+    return atomic_write_text(scores_path(submission_csv), scored[["id", "score"]].to_csv(index=False))
+
+
+def read_scored_submission(path: str | Path) -> pd.DataFrame:
+    """A submission CSV with its ``score`` column from the sidecar (NaN for every row when there is none);
+    SubmissionError when the sidecar does not cover exactly the submission's ids."""
+    table = read_submission(path)
+    sidecar = scores_path(path)
+    if not sidecar.is_file():
+        return table.assign(score=np.nan)
+    try:
+        scores = pd.read_csv(sidecar)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SubmissionError(f"{sidecar}: unreadable score sidecar ({exc})") from None
+    if list(scores.columns) != ["id", "score"] or sorted(scores["id"]) != sorted(table["id"]):
+        raise SubmissionError(f"{sidecar}: expected columns id, score with the ids of {path}; the sidecar belongs "
+                              "to another submission (delete it to export without scores)")
+    return table.merge(scores, on="id", how="left", validate="one_to_one")
 
 
 def validate_submission(

@@ -129,7 +129,7 @@ def test_cli_infer_kaggle_test_split_writes_submission_and_manifest(tiny_sim, ck
     assert set(manifest["timings"][run]["seconds"]) == {"load", "predict", "peaks"}
     assert sum(manifest["picks_per_class"].values()) == len(sub) == manifest["n_picks"]
     assert manifest["picks_per_class"]["ribosome"] == n_ribosome
-    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.csv", "tiny.csv.manifest.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.csv", "tiny.csv.manifest.json", "tiny.csv.scores.csv"]
 
 
 def test_cli_tile_and_batch_size_override_the_saved_settings(tiny_sim, ckpts, tmp_path, cache, capsys):

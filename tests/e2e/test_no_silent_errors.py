@@ -181,6 +181,8 @@ def test_8_non_finite_voxels_name_the_config_field_and_repair_is_reachable(train
 
 
 def test_9_a_tomogram_at_another_spacing_is_never_used_silently(trained, tiny_sim, tmp_path, capsys):
+    """OME-Zarr scale ×2: the voxels are brought to the model's voxel size by the metadata (level 0 now claims
+    the model's 20.02 Å), said on stderr and recorded in the manifest; data too coarse to bring back is refused."""
     data = tmp_path / "kaggle"
     shutil.copytree(tiny_sim.kaggle_dir, data, symlinks=True)
     zattrs = data / "test" / "static" / "ExperimentRuns" / "TS_test_00" / "VoxelSpacing10.000" / "denoised.zarr" / \
@@ -191,9 +193,18 @@ def test_9_a_tomogram_at_another_spacing_is_never_used_silently(trained, tiny_si
         scale["scale"] = [2 * s for s in scale["scale"]]
     zattrs.write_text(json.dumps(doc))
     out = tmp_path / "sub.csv"
+    assert _infer(trained["done"], data, out) == 0
+    assert "run 'TS_test_00': read level 0 at 20.02 Å" in capsys.readouterr().err
+    facts = json.loads(manifest_path(out).read_text())["inputs"]["TS_test_00"]
+    assert facts["level"] == 0 and facts["source_spacing_zyx_A"][0] == pytest.approx(20.0249, rel=1e-4)
+    for dataset in doc["multiscales"][0]["datasets"]:
+        scale = dataset["coordinateTransformations"][0]
+        scale["scale"] = [3 * s for s in scale["scale"]]
+    zattrs.write_text(json.dumps(doc))
+    out = tmp_path / "coarse.csv"
     assert _infer(trained["done"], data, out) == 2
-    line = _one_line_error(capsys, "infer", "TS_test_00", "40.049", "20.024", "was trained at")
-    assert "spacing" in line and not out.exists()
+    line = _one_line_error(capsys, "infer", "TS_test_00", "60.07 Å", "20.02 Å", "cannot be brought")
+    assert not out.exists() and "voxel" in line
     assert open_dataset(tiny_sim.kaggle_dir, split="test").tomogram("TS_test_00", level=1).spacing_zyx_A[0] < 21
 
 

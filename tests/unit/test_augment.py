@@ -57,8 +57,8 @@ def test_spatial_augmentations_invert_exactly(aug):
 
 
 def test_sampling_respects_toggles():
-    off = AugmentConfig(False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4)
-    on = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4)
+    off = AugmentConfig(False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4)
+    on = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4)
     rng = np.random.default_rng(0)
     assert {SpatialAug.sample(rng, off) for _ in range(20)} == {SpatialAug()}
     assert len({SpatialAug.sample(rng, on) for _ in range(400)}) == 32
@@ -89,11 +89,24 @@ def test_rotation_margin_covers_the_patch(angle):
 def test_intensity_augmentations_toggle_and_change_the_input():
     x = torch.randn(1, 4, 8, 8)
     rng = np.random.default_rng(1)
-    off = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4)
+    off = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4)
     assert torch.equal(augment_intensity(x, rng, off), x)
-    on = AugmentConfig(True, True, 0.0, 0.2, 0.2, 0.1, 0.0, 0.4)
+    on = AugmentConfig(True, True, 0.0, 0.2, 0.2, 0.0, 0.1, 0.0, 0.4)
     out = augment_intensity(x, rng, on)
     assert out.shape == x.shape and not torch.allclose(out, x)
+
+
+def test_intensity_ramp_is_linear_in_y_x_constant_in_z_and_bounded():
+    x = torch.zeros(1, 4, 9, 11)
+    ramp = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.8, 0.0, 0.0, 0.4)
+    for seed in range(5):
+        out = augment_intensity(x, np.random.default_rng(seed), ramp)
+        assert torch.allclose(out, out[:, :1].expand_as(out))  # the same in every z slice
+        plane = out[0, 0]
+        assert 0 < plane.abs().max() <= 0.8 + 1e-6
+        assert torch.allclose(plane + plane.flip(0, 1), torch.zeros_like(plane), atol=1e-5)  # odd about the centre
+        second = plane[:, 2:] - 2 * plane[:, 1:-1] + plane[:, :-2]
+        assert second.abs().max() < 1e-5  # linear along x (and, by symmetry of the check, y)
 
 
 def test_mixup_blends_inputs_and_targets_with_the_same_weight():

@@ -44,8 +44,8 @@ def test_no_subcommand_help_imports_torch_or_copick():
 
 
 def test_simulate_help_names_every_preset_and_tomogram_type(capsys):
-    from czii.data.sim_imaging import TOMO_TYPES
-    from czii.data.simulate import PRESETS
+    from czii.simulate.imaging import TOMO_TYPES
+    from czii.simulate import PRESETS
 
     with pytest.raises(SystemExit):
         main(["simulate", "--help"])

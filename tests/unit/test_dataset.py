@@ -1,6 +1,6 @@
 """czii.data.open_dataset on real copick projects and Kaggle layouts built in tmp_path.
 
-Tomograms are tiny OME-Zarr stores written with czii.data.omezarr; picks are the real TS_5_4
+Tomograms are tiny OME-Zarr stores written with czii.formats.omezarr; picks are the real TS_5_4
 files from tests/fixtures and the real train_picks.csv rows of TS_69_2.
 """
 
@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import czii.data
+from czii.simulate import DEFAULT_REAL_PICKS_CSV
 from czii.data import Dataset, Volume, open_dataset
-from czii.data.omezarr import downsample2, write_ome_zarr
-from czii.data.picks_json import picks_document, read_picks_json, write_picks_json
+from czii.formats.omezarr import downsample2, write_ome_zarr
+from czii.formats.picks_json import picks_document, read_picks_json, write_picks_json
 from czii.errors import ConfigError, DataError
 from czii.particles import PARTICLE_NAMES
 
 PICKS_DIR = Path(__file__).parents[1] / "fixtures" / "czii_reference" / "picks_TS_5_4"
-TRAIN_PICKS_CSV = Path(czii.data.__file__).parent / "reference" / "train_picks.csv"
+TRAIN_PICKS_CSV = Path(DEFAULT_REAL_PICKS_CSV)
 SHAPE_ZYX = (16, 48, 48)
 SPACING_A = 10.012444
 COLUMNS = ["experiment", "particle_type", "x", "y", "z"]

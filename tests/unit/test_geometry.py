@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import czii.data
+from czii.simulate import DEFAULT_REAL_PICKS_CSV
 from czii.geometry import extent_xyz_A, xyz_A_to_zyx_vox, zyx_vox_to_xyz_A
 from czii.particles import BY_LABEL, PARTICLE_NAMES, PARTICLES, TOTAL_WEIGHT, get_particle
 
 REAL_SPACING_ZYX = (10.012444196428572, 10.012444196428572, 10.012444537618887)
-TRAIN_PICKS_CSV = Path(czii.data.__file__).parent / "reference" / "train_picks.csv"  # 1,269 real picks (package data)
+TRAIN_PICKS_CSV = Path(DEFAULT_REAL_PICKS_CSV)  # 1,269 real picks (package data)
 
 
 def test_xyz_to_zyx_swaps_axes_and_divides_by_spacing():

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from czii.cli import main
-from czii.data.picks_json import read_picks_json
+from czii.formats.picks_json import read_picks_json
 from czii.errors import CziiError
 from czii.metric import score
 from czii.particles import PARTICLE_NAMES

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from czii.cli import main
-from czii.data.picks_json import picks_document, write_picks_json
+from czii.formats.picks_json import picks_document, write_picks_json
 from czii.particles import PARTICLES
 
 EXPECTED_SCORE = 50 / 231

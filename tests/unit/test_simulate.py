@@ -13,11 +13,11 @@ import pytest
 
 import czii.cli
 from czii.data import open_dataset
-from czii.data.omezarr import read_ome_zarr
-from czii.data.picks_json import picks_document, read_picks_json, write_picks_json
-from czii.data.sim_imaging import TOMO_TYPES
-from czii.data.sim_scene import particle_density, random_rotation
-from czii.data.simulate import PORTAL_OBJECT_NAMES, SimConfig, simulate_dataset
+from czii.formats.omezarr import read_ome_zarr
+from czii.formats.picks_json import picks_document, read_picks_json, write_picks_json
+from czii.simulate.imaging import TOMO_TYPES
+from czii.simulate.scene import particle_density, random_rotation
+from czii.simulate import PORTAL_OBJECT_NAMES, SimConfig, simulate_dataset
 from czii.config import load_config, with_data_paths
 from czii.errors import ConfigError
 from czii.training.data import fold_runs, open_sources, split_fold
@@ -406,6 +406,13 @@ def test_cli_simulate(tmp_path, capsys):
     assert czii.cli.main(argv) == 2
     assert "not empty" in capsys.readouterr().err
     assert czii.cli.main(argv + ["--overwrite", "--seed", "4"]) == 0
+    knobs = ["--contrast", "0.7", "--density-scale", "2", "--ice-gradient", "0.5", "--intensity-scale-log10",
+             "-5", "-4", "--intensity-offset", "1", "3", "--voxel-size", "13.48", "--overwrite"]
+    assert czii.cli.main(argv + knobs) == 0
+    config = json.loads((out / "simulation.json").read_text())["config"]
+    assert (config["contrast"], config["density_scale"], config["ice_gradient"]) == (0.7, 2.0, 0.5)
+    assert config["intensity_scale_log10"] == [-5.0, -4.0] and config["intensity_offset"] == [1.0, 3.0]
+    assert config["spacing_zyx_A"] == [13.48] * 3
 
 
 @pytest.mark.slow
@@ -417,3 +424,60 @@ def test_full_size_run_has_the_real_pyramid(tmp_path):
     assert zarray == reference
     counts = result.picks["particle_type"].value_counts()
     assert 100 < counts.sum() < 400 and set(counts.index) == set(PARTICLE_NAMES)
+
+
+def _contrast_at_picks(result) -> float:
+    """Mean z-scored intensity at the particle centres (negative: protein is dark)."""
+    values = []
+    for run in result.train_runs:
+        volume = _zscored(result.tomogram_path(run))
+        xyz = result.picks[(result.picks["experiment"] == run) & (result.picks["particle_type"] != "apo-ferritin")]
+        idx = np.rint(xyz_A_to_zyx_vox(xyz[["x", "y", "z"]].to_numpy(), result.config.spacing_zyx_A)).astype(int)
+        values.extend(volume[idx[:, 0], idx[:, 1], idx[:, 2]])
+    return float(np.mean(values))
+
+
+def test_contrast_knob_scales_the_particles(tmp_path):
+    low, high = (
+        simulate_dataset(tmp_path / name, _tiny(n_train=2, n_test=0, types=("denoised",), snr=20.0, contrast=c),
+                         progress=False)
+        for name, c in (("low", 0.3), ("high", 3.0))
+    )
+    for result, c in ((low, 0.3), (high, 3.0)):
+        drawn = [p["particle_contrast"] for p in result.run_params.values()]
+        assert all(0.8 * c <= d <= 1.2 * c for d in drawn)
+    assert _contrast_at_picks(high) < _contrast_at_picks(low) - 0.3
+
+
+def test_ice_gradient_knob_adds_a_ramp_across_the_field(tmp_path):
+    def side_difference(gradient: float) -> float:
+        config = _tiny(n_train=1, n_test=0, types=("denoised",), ice_gradient=gradient, seed=3)
+        result = simulate_dataset(tmp_path / f"g{gradient}", config, progress=False)
+        volume = _zscored(result.tomogram_path(result.train_runs[0]))
+        angle = result.run_params[result.train_runs[0]]["imaging"]["ice_angle_rad"]
+        _, ny, nx = volume.shape
+        y, x = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
+        along = np.cos(angle) * x + np.sin(angle) * y
+        profile = volume.mean(axis=0)  # protein is dark (−scale): the ramp is inverted too
+        return float(profile[along < -0.5].mean() - profile[along > 0.5].mean())
+
+    assert abs(side_difference(0.0)) < 0.3
+    assert side_difference(1.5) > 1.0
+
+
+def test_intensity_scale_and_offset_ranges(tmp_path):
+    config = _tiny(n_train=1, n_test=1, types=("denoised",), intensity_scale_log10=(-5.0, -5.0),
+                   intensity_offset=(100.0, 100.0))
+    result = simulate_dataset(tmp_path / "s", config, progress=False)
+    for run in result.train_runs + result.test_runs:
+        imaging = result.run_params[run]["imaging"]
+        assert imaging["intensity_scale"] == pytest.approx(1e-5)
+        volume, _ = read_ome_zarr(result.tomogram_path(run))
+        assert volume.mean() == pytest.approx(1e-3, rel=0.05)
+        assert 1e-7 < volume.std() < 1e-4
+    with pytest.raises(ConfigError, match="intensity_scale_log10"):
+        _tiny(intensity_scale_log10=(-3.0, -6.0))
+    with pytest.raises(ConfigError, match="contrast"):
+        _tiny(contrast=0.0)
+    with pytest.raises(ConfigError, match="ice_gradient"):
+        _tiny(ice_gradient=-1.0)

@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "rebuild an experiment's figures from its saved outputs"),
     "leaderboard": ("leaderboard", "print the experiments' leaderboard, best first"),
     "ensemble": ("ensemble", "assemble an ensemble YAML from leaderboard rows and score it out-of-fold"),
+    "export": ("export", "write a submission's scored picks as RELION 5 / RELION 4 STAR, Dynamo .tbl or CSV"),
+    "import": ("import_picks", "read STAR / .tbl / CSV picks into a copick project or Kaggle directory"),
     "kaggle-build": ("kaggle", "build the offline Kaggle dataset folder (wheels, checkpoints, thresholds, config)"),
 }
 

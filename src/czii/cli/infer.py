@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a training run directory (every fold's best.pt; its thresholds.json), "
                              "checkpoint files (equal weights) or a predictor spec / ensemble YAML")
     parser.add_argument("--data", required=True,
-                        help="a copick config JSON, a Kaggle competition directory or one of its split folders")
+                        help="a copick config JSON, a Kaggle competition directory or one of its split folders, "
+                             "or a folder / quoted glob of .mrc/.rec tomograms or bare .zarr OME-Zarr stores "
+                             "(run name = file stem)")
+    parser.add_argument("--voxel-size", type=float, metavar="ANGSTROM",
+                        help="voxel size of MRC/OME-Zarr inputs, overriding their headers (refused for copick "
+                             "and Kaggle data); tomograms are resampled to the models' voxel size")
     parser.add_argument("--split", choices=("train", "test"), default="test",
                         help="split of a Kaggle competition directory (default: test)")
     parser.add_argument("--runs", nargs="+", metavar="RUN", help="runs to predict (default: every run)")
@@ -43,13 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV and its manifest")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV, its manifest and score sidecar")
     parser.add_argument("--out", required=True, metavar="CSV",
                         help="submission CSV to write, e.g. submissions/<name>.csv (manifest: <CSV>.manifest.json)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from czii.inference.pipeline import manifest_path, run_inference
+    from czii.inference.pipeline import run_inference
+    from czii.submission import manifest_path, scores_path
 
     tta = args.tta.split(",") if args.tta and "," in args.tta else args.tta
     result = run_inference(
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds=args.thresholds, device=args.device, copick_user=args.copick_user,
         copick_session=args.copick_session, tile_zyx=args.tile, batch_size=args.batch_size,
         allow_spec_mismatch=args.allow_spec_mismatch, overwrite=args.overwrite, nan_policy=args.nan_policy,
-        allow_unfinished=args.allow_unfinished,
+        allow_unfinished=args.allow_unfinished, voxel_size_A=args.voxel_size,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.manifest
@@ -65,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(m['data']['runs'])} runs, {m['n_picks']} picks ({counts}) in {m['total_seconds']:.1f} s "
               f"on {m['device']} x{m['world_size']}; predictor spec {m['spec_hash']}; thresholds: "
               f"{m['thresholds']['source']} ({m['thresholds']['spec_check']})")
-        print(f"wrote {args.out} and {manifest_path(args.out)}")
+        print(f"wrote {args.out}, {manifest_path(args.out)} and {scores_path(args.out)} (scores)")
     return 0

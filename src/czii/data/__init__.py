@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["Dataset", "Volume", "load_solution", "open_dataset"]
+__all__ = ["Dataset", "TomogramFolder", "Volume", "load_solution", "open_dataset", "open_input"]
+_HOMES = {"TomogramFolder": "czii.data.folder", "open_input": "czii.data.folder"}
 
 
 def __getattr__(name: str):
     if name in __all__:
-        return getattr(importlib.import_module("czii.data.dataset"), name)
+        return getattr(importlib.import_module(_HOMES.get(name, "czii.data.dataset")), name)
     raise AttributeError(f"module 'czii.data' has no attribute {name!r}")

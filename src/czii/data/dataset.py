@@ -31,8 +31,8 @@ from copick.impl.filesystem import CopickRootFSSpec, CopickRunFSSpec, CopickTomo
 from copick.models import CopickLocation, CopickPoint
 from copick.util.escape import sanitize_name
 
-from czii.data.omezarr import level_spacing_zyx_A
-from czii.data.picks_json import write_picks_json
+from czii.formats.omezarr import level_spacing_zyx_A
+from czii.formats.picks_json import write_picks_json
 from czii.data.staging import (
     EXPECTED_LAYOUT,
     TRUTH_SESSION_ID,
@@ -108,7 +108,7 @@ def _open_copick_root(path: Path) -> CopickRootFSSpec:
         raise DataError(f"{path}: invalid copick config ({exc})") from None
 
 
-def _non_finite_policy(data: np.ndarray, nan_policy: str, what: str) -> np.ndarray:
+def non_finite_policy(data: np.ndarray, nan_policy: str, what: str) -> np.ndarray:
     finite = np.isfinite(data)
     n_bad = int(data.size - np.count_nonzero(finite))
     if n_bad == 0:
@@ -227,6 +227,19 @@ class Dataset:
             raise DataError(f"{where}/{level}: expected a 3-D z,y,x array, got shape {array.shape}")
         return array, spacing, chosen, where
 
+    def levels(self, run: str, tomo_type: str | None = None) -> list[tuple[int, tuple[float, float, float]]]:
+        """(level, spacing z, y, x Å) of every pyramid level of one tomogram, finest first (metadata only)."""
+        array, spacing, chosen, where = self._level_array(run, tomo_type, 0)
+        found = [(0, spacing)]
+        level = 1
+        while True:
+            try:
+                _, spacing, _, _ = self._level_array(run, chosen, level)
+            except DataError:
+                return found
+            found.append((level, spacing))
+            level += 1
+
     def tomogram_shape(self, run: str, tomo_type: str | None = None, level: int = 0) -> tuple[int, int, int]:
         """Shape z, y, x of one level, from the metadata only."""
         array, *_ = self._level_array(run, tomo_type, level)
@@ -252,7 +265,7 @@ class Dataset:
         except Exception as exc:  # codec and chunk errors come in many types
             raise DataError(f"{where}/{level}: unreadable zarr data ({type(exc).__name__}: {exc})") from None
         what = f"run {run!r} tomogram {chosen!r} level {level} ({where})"
-        data = _non_finite_policy(data, nan_policy, what)
+        data = non_finite_policy(data, nan_policy, what)
         return Volume(data=data, spacing_zyx_A=spacing, run=run, tomo_type=chosen, level=level)
 
     def picks_in_volume(self, picks: pd.DataFrame, policy: str = "error") -> pd.DataFrame:
@@ -382,6 +395,7 @@ class Dataset:
                     continue
                 rows = np.flatnonzero(in_run & (df["particle_type"] == cls).to_numpy())
                 picks = copick_run.new_picks(obj, session_id=session_id, user_id=user_id, exist_ok=True)
+                picks.meta.trust_orientation = False  # identity transforms: peaks carry no orientation
                 picks.meta.points = [
                     CopickPoint(location=CopickLocation(x=x, y=y, z=z), score=s)
                     for (x, y, z), s in zip(xyz_A[rows], scores[rows])

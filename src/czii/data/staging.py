@@ -24,7 +24,7 @@ from copick.util.escape import sanitize_name
 from czii.errors import DataError
 from czii.io import atomic_write_bytes, atomic_write_text
 from czii.particles import PARTICLE_NAMES, PARTICLES
-from czii.data.picks_json import read_picks_json
+from czii.formats.picks_json import read_picks_json
 
 TRUTH_USER_ID = "curation"
 TRUTH_SESSION_ID = "0"
@@ -33,7 +33,8 @@ CONFIG_NAME = "copick_config.json"
 EXPECTED_LAYOUT = (
     "expected a copick config JSON (an object with 'pickable_objects' and 'overlay_root'), "
     "a Kaggle competition directory (with train/static/ExperimentRuns or test/static/ExperimentRuns) "
-    "or one of its split folders (with static/ExperimentRuns)"
+    "or one of its split folders (with static/ExperimentRuns); for inference also a folder or glob of "
+    ".mrc/.rec tomograms or a bare OME-Zarr store"
 )
 
 

@@ -42,8 +42,9 @@ import torch
 from tqdm import tqdm
 
 from czii import distributed as ddp
-from czii.data import Dataset, open_dataset
+from czii.data import Dataset, TomogramFolder, open_input
 from czii.errors import DataError
+from czii.formats.tomogram import is_tomogram_source
 from czii.geometry import extent_xyz_A
 from czii.inference.predictor import Predictor, checkpoints_spec
 from czii.inference.resume import RunStore, work_dir
@@ -60,9 +61,9 @@ from czii.predictor import (
     with_overrides,
 )
 from czii.rundir import check_finished
-from czii.submission import to_submission, validate_submission, write_submission
+from czii.picks import SUBMISSION_COLUMNS
+from czii.submission import manifest_path, scores_path, to_submission, validate_submission, write_scores, write_submission
 
-MANIFEST_SUFFIX = ".manifest.json"
 DEFAULT_THRESHOLDS_ORIGIN = "default (czii.predictor.DEFAULT_THRESHOLDS)"
 
 
@@ -72,12 +73,6 @@ class InferenceResult:
 
     submission: pd.DataFrame
     manifest: dict[str, Any]
-
-
-def manifest_path(out_csv: str | Path) -> Path:
-    """Where the manifest of ``out_csv`` goes: ``<out_csv>.manifest.json``."""
-    out_csv = Path(out_csv)
-    return out_csv.with_name(out_csv.name + MANIFEST_SUFFIX)
 
 
 def resolve_predictor(
@@ -116,14 +111,19 @@ def threshold_values(spec: PredictorSpec, check: SpecCheck) -> dict[str, float]:
 # --------------------------------------------------------------------------- data
 
 
-def _open(data: str | Path, split: str | None) -> Dataset:
+def _open(data: str | Path, split: str | None, voxel_size_A: float | None,
+          channels: Sequence[str]) -> Dataset | TomogramFolder:
     source = Path(data)
+    if is_tomogram_source(data) and len(channels) > 1:
+        raise DataError(f"{data}: a tomogram folder gives one tomogram per run, the models read {len(channels)} "
+                        f"channels ({', '.join(channels)}); put the runs in a copick project")
     # split picks a split of a Kaggle competition directory; a split folder or a copick config is its own split
     is_competition_dir = source.is_dir() and not (source / "static" / "ExperimentRuns").is_dir()
-    return open_dataset(source, split=split if is_competition_dir else None)
+    return open_input(data, split=split if is_competition_dir else None, voxel_size_A=voxel_size_A,
+                      tomo_type=channels[0])
 
 
-def _select_runs(dataset: Dataset, runs: Sequence[str] | None) -> list[str]:
+def _select_runs(dataset: Dataset | TomogramFolder, runs: Sequence[str] | None) -> list[str]:
     """Sorted runs to predict (default: all); DataError for an unknown run."""
     available = dataset.runs()
     selected = available if runs is None else sorted(set(runs))
@@ -135,7 +135,7 @@ def _select_runs(dataset: Dataset, runs: Sequence[str] | None) -> list[str]:
     return selected
 
 
-def _check_tomogram_types(dataset: Dataset, runs: Sequence[str], input_channels: Sequence[str]) -> None:
+def _check_tomogram_types(dataset: Dataset | TomogramFolder, runs: Sequence[str], input_channels: Sequence[str]) -> None:
     """DataError naming the first run that lacks a tomogram type the models read (metadata only)."""
     for run in runs:
         present = dataset.tomogram_types(run)
@@ -145,16 +145,34 @@ def _check_tomogram_types(dataset: Dataset, runs: Sequence[str], input_channels:
                             f"{', '.join(input_channels)}); types present: {', '.join(present)}")
 
 
+def _input_facts(dataset: Dataset | TomogramFolder, run: str, info: dict, channel: str) -> dict:
+    """What the manifest records of one run's input: where its voxel size came from, the level read, the
+    source and model voxel sizes, the resampling factor and the frame (shape, translation) picks refer to."""
+    level0 = dataset.levels(run, channel)[0][1]
+    facts = {**info["input"], "frame_shape_zyx": list(dataset.tomogram_shape(run, channel, 0)),
+             "frame_spacing_zyx_A": list(level0)}
+    if isinstance(dataset, TomogramFolder):
+        f = dataset.file(run)
+        facts.update(path=str(f.path), format=f.format, spacing_source=f.spacing_source,
+                     header_spacing_zyx_A=list(f.header_spacing_zyx_A), translation_zyx_A=list(f.translation_zyx_A))
+    else:
+        facts.update(format="ome-zarr (copick)", spacing_source="OME-Zarr scale", translation_zyx_A=[0.0, 0.0, 0.0])
+    return facts
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
-def _write_outputs(out_csv: Path, submission: pd.DataFrame, manifest: dict, **checks) -> None:
-    """The CSV (validated again by write_submission) and its manifest, each atomically; neither stays alone."""
-    write_submission(submission, out_csv, **checks)
+def _write_outputs(out_csv: Path, scored: pd.DataFrame, manifest: dict, **checks) -> None:
+    """The CSV (validated again by write_submission), its score sidecar and its manifest, each atomically;
+    none stays alone."""
+    write_submission(scored[list(SUBMISSION_COLUMNS)], out_csv, **checks)
     try:
+        write_scores(scored, out_csv)
         atomic_write_text(manifest_path(out_csv), json.dumps(manifest, indent=2) + "\n")
     except BaseException:
         out_csv.unlink(missing_ok=True)
+        scores_path(out_csv).unlink(missing_ok=True)
         raise
 
 
@@ -177,6 +195,7 @@ def run_inference(
     overwrite: bool = False,
     nan_policy: str | None = None,
     allow_unfinished: bool = False,
+    voxel_size_A: float | None = None,
 ) -> InferenceResult:
     """Predict ``runs`` (default: all) of ``data`` with ``models`` and write ``out_csv`` + manifest.
 
@@ -184,19 +203,22 @@ def run_inference(
     folder is used as it is). ``tta``, ``tile_zyx`` and ``batch_size`` override the spec (smaller
     tiles bound the memory of CPU runs; tiles and TTA change scores, so thresholds tuned under the
     unchanged spec are refused unless ``allow_spec_mismatch``); ``thresholds`` (a thresholds JSON)
-    replaces the spec's; ``device`` defaults to CUDA when available. An existing ``out_csv`` (or its
+    replaces the spec's; ``device`` defaults to CUDA when available. ``data`` may also be a folder or glob of
+    MRC/REC files or a bare OME-Zarr store (:class:`czii.data.TomogramFolder`; ``voxel_size_A`` overrides their
+    headers); every run is brought to the members' voxel size and its picks come back in its own frame (Å). An existing ``out_csv`` (or its
     manifest) is refused unless ``overwrite``; an unwritable one before anything is read. See the
     module docstring.
     """
     started = time.perf_counter()
     out_csv = check_output(out_csv, "output", overwrite=overwrite)
     check_output(manifest_path(out_csv), "manifest", overwrite=overwrite)
+    check_output(scores_path(out_csv), "score sidecar", overwrite=overwrite)
     # everything that needs no model is checked first: building models takes a while
     spec, check, unfinished = resolve_predictor(
         models, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size, thresholds=thresholds,
         allow_spec_mismatch=allow_spec_mismatch, nan_policy=nan_policy, allow_unfinished=allow_unfinished)
     thr = threshold_values(spec, check)
-    dataset = _open(data, split)
+    dataset = _open(data, split, voxel_size_A, spec.input.channels)
     selected = _select_runs(dataset, runs)
     if copick_user is not None:
         # validates the ids (and refuses the truth user); a table without runs writes nothing
@@ -244,8 +266,15 @@ def run_inference(
             return {run: predict_run(run) for run in bar}
 
         by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
+        for run in selected if ctx.is_main else ():
+            plan = by_run[run][1]["input"]
+            if plan["resampled"] or plan["level"] != spec.input.level:
+                print(f"note: run {run!r}: read level {plan['level']} at {plan['source_spacing_zyx_A'][-1]:.4g} Å and "
+                      f"predicted at {plan['spacing_zyx_A'][-1]:.4g} Å (factor {plan['factor']:.4g}; the models were "
+                      f"trained at level {spec.input.level}); recorded in the manifest", file=sys.stderr)
         picks = pd.concat([by_run[run][0] for run in selected], ignore_index=True)
-        submission = to_submission(picks)
+        scored = to_submission(picks, keep_score=True)
+        submission = scored[list(SUBMISSION_COLUMNS)]
         checks = {
             "extents_xyz_A": {run: extent_xyz_A(info["shape_zyx"], info["spacing_zyx_A"])
                               for run, (_, info) in by_run.items()},
@@ -274,6 +303,7 @@ def run_inference(
                            "spec_check": check.status},
             "tta": list(spec.tta),
             "data": {"source": str(data), "split": dataset.split, "runs": selected},
+            "inputs": {run: _input_facts(dataset, run, by_run[run][1], spec.input.channels[0]) for run in selected},
             "git_commit": git_commit(),
             "device": str(ctx.device),
             "world_size": ctx.world_size,
@@ -284,13 +314,13 @@ def run_inference(
             "total_seconds": time.perf_counter() - started,
         }
         if ctx.is_main:
-            _write_outputs(out_csv, submission, manifest, **checks)
+            _write_outputs(out_csv, scored, manifest, **checks)
             if copick_user is not None:
                 try:
                     dataset.write_picks(picks, user_id=copick_user, session_id=copick_session)
                 except BaseException:
-                    out_csv.unlink(missing_ok=True)
-                    manifest_path(out_csv).unlink(missing_ok=True)
+                    for path in (out_csv, manifest_path(out_csv), scores_path(out_csv)):
+                        path.unlink(missing_ok=True)
                     raise
             store.remove()
         return InferenceResult(submission=submission, manifest=manifest)

@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 
 from czii.config import Config, build_typed
-from czii.data import Dataset
-from czii.data.normalize import load_run_input
-from czii.errors import ConfigError, DataError
+from czii.data import Dataset, TomogramFolder
+from czii.data.normalize import InputPlan, load_run_input, plan_input
+from czii.errors import ConfigError
+from czii.geometry import same_spacing
 from czii.inference.ensemble import EnsembleMember, check_compatible, predict_volume
 from czii.models import load_checkpoint, read_checkpoint
 from czii.postprocess.peaks import detect_peaks
@@ -87,23 +88,30 @@ class Predictor:
                                   f"{m.name!r}'s stride {m.stride}")
         return cls(spec, list(members), list(metas or [{} for _ in members]), torch.device(device))
 
-    def load_input(self, dataset: Dataset, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-        """Normalised ``[C_in, Z, Y, X]`` input of ``run`` and its spacing (Å), as the spec says."""
+    @property
+    def spacing_zyx_A(self) -> tuple[float, float, float] | None:
+        """The voxel size (Å) the members were trained at (None for checkpoints that predate recording it);
+        ConfigError when members disagree."""
+        recorded = [(m.checkpoint, meta.get("spacing_zyx_A")) for m, meta in zip(self.spec.members, self.metas)]
+        known = [(name, tuple(float(v) for v in s)) for name, s in recorded if s is not None]
+        if not known:
+            return None
+        for name, spacing in known[1:]:
+            if not same_spacing(spacing, known[0][1]):
+                raise ConfigError(f"ensemble members were trained at different voxel sizes: {known[0][0]} at "
+                                  f"{known[0][1]} Å, {name} at {spacing} Å")
+        return known[0][1]
+
+    def plan(self, dataset: Dataset | TomogramFolder, run: str) -> InputPlan:
+        """Which level of ``run`` is read and the voxel size it is predicted at (metadata only)."""
+        inp = self.spec.input
+        return plan_input(dataset, run, inp.channels[0], inp.level, self.spacing_zyx_A)
+
+    def load_input(self, dataset: Dataset | TomogramFolder, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """Normalised ``[C_in, Z, Y, X]`` input of ``run`` at the members' voxel size and that spacing (Å)."""
         inp = self.spec.input
         return load_run_input(dataset, run, inp.channels, level=inp.level, clip_percentiles=inp.clip_percentiles,
-                              nan_policy=inp.nan_policy)
-
-    def check_spacing(self, run: str, spacing_zyx_A: Sequence[float]) -> None:
-        """DataError when ``run``'s voxels differ by more than 1 % from those a member was trained on (its
-        particles would have another size in voxels, and its picks would be mis-scaled)."""
-        for m, meta in zip(self.spec.members, self.metas):
-            trained = meta.get("spacing_zyx_A")
-            if trained is not None and not np.allclose(spacing_zyx_A, trained, rtol=0.01):
-                raise DataError(
-                    f"run {run!r}: voxel spacing {[round(float(s), 4) for s in spacing_zyx_A]} Å (pyramid level "
-                    f"{self.spec.input.level}) differs from the {[round(float(s), 4) for s in trained]} Å that "
-                    f"{m.checkpoint} was trained at; bring the tomogram to the model's spacing first"
-                )
+                              nan_policy=inp.nan_policy, target_spacing_zyx_A=self.spacing_zyx_A)
 
     def probabilities(self, volume_czyx: np.ndarray, progress: bool = False) -> np.ndarray:
         """Ensemble × TTA probabilities ``[C, Z, Y, X]`` with the spec's tiling."""
@@ -120,12 +128,12 @@ class Predictor:
                             method=p.method, nms_radius_factor=p.nms_radius_factor, min_size_vox=p.min_size_vox,
                             merge_factor=p.merge_factor)
 
-    def predict_run(self, dataset: Dataset, run: str, thresholds: float | Mapping[str, float],
+    def predict_run(self, dataset: Dataset | TomogramFolder, run: str, thresholds: float | Mapping[str, float],
                     progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Scored picks of one run and its facts (shape, spacing, seconds per stage, number of picks)."""
         t0 = time.perf_counter()
+        plan = self.plan(dataset, run)
         volume_czyx, spacing_zyx_A = self.load_input(dataset, run)
-        self.check_spacing(run, spacing_zyx_A)
         t1 = time.perf_counter()
         probs = self.probabilities(volume_czyx, progress)
         t2 = time.perf_counter()
@@ -134,6 +142,7 @@ class Predictor:
         info = {
             "shape_zyx": [int(s) for s in volume_czyx.shape[1:]],
             "spacing_zyx_A": [float(s) for s in spacing_zyx_A],
+            "input": plan.to_dict(),
             "seconds": {"load": t1 - t0, "predict": t2 - t1, "peaks": t3 - t2},
             "n_picks": len(picks),
         }

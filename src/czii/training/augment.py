@@ -99,11 +99,19 @@ def sample_rotation_deg(rng: np.random.Generator, cfg: AugmentConfig) -> float:
 
 
 def augment_intensity(x: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
-    """Scale by U(1 ± intensity_scale), shift by U(± intensity_shift), add N(0, noise_std) noise."""
+    """Scale by U(1 ± intensity_scale), shift by U(± intensity_shift), add a linear y-x ramp of ± U(0,
+    intensity_ramp) at the patch edges along a random direction (an ice thickness gradient), add
+    N(0, noise_std) noise. ``x`` is ``[..., Z, Y, X]``."""
     if cfg.intensity_scale > 0:
         x = x * float(rng.uniform(1 - cfg.intensity_scale, 1 + cfg.intensity_scale))
     if cfg.intensity_shift > 0:
         x = x + float(rng.uniform(-cfg.intensity_shift, cfg.intensity_shift))
+    if cfg.intensity_ramp > 0:
+        amplitude, angle = rng.uniform(0.0, cfg.intensity_ramp), rng.uniform(0.0, 2.0 * np.pi)
+        y = torch.linspace(-1.0, 1.0, x.shape[-2])[:, None]
+        xx = torch.linspace(-1.0, 1.0, x.shape[-1])[None, :]
+        along = float(np.cos(angle)) * xx + float(np.sin(angle)) * y
+        x = x + float(amplitude) * along / along.abs().max().clamp_min(1e-6)
     if cfg.noise_std > 0:
         x = x + torch.from_numpy(rng.normal(0.0, cfg.noise_std, size=tuple(x.shape)).astype(np.float32))
     return x

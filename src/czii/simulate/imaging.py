@@ -31,7 +31,9 @@ denoised           E·T·W·L(9 Å)                         L(14 Å)            
 =================  ===================================  ===========================  ==========
 
 A smooth random "cytosol texture" (std ``texture_std``, correlation ~50 Å) is added to the
-scene spectrum before imaging.
+scene spectrum before imaging. An ice thickness gradient (``ice_gradient`` > 0) adds, after
+imaging and before the intensity mapping, a linear ramp across the y-x field of ± ``ice_gradient``
+times the tomogram's standard deviation.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Imaging:
     texture_std: float
     intensity_scale: float
     intensity_offset: float
+    ice_gradient: float = 0.0
+    ice_angle_rad: float = 0.0
 
 
 class _Spectrum:
@@ -149,6 +153,15 @@ def _complex_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
     return rng.standard_normal((*shape, 2), dtype=np.float32).view(np.complex64)[..., 0]
 
 
+def _ice_ramp(shape_zyx: Sequence[int], angle_rad: float, amplitude: float) -> np.ndarray:
+    """A linear ramp from −amplitude to +amplitude across the y-x field along ``angle_rad`` (constant in z)."""
+    _, ny, nx = shape_zyx
+    y = np.linspace(-1.0, 1.0, ny, dtype=np.float32)[:, None]
+    x = np.linspace(-1.0, 1.0, nx, dtype=np.float32)[None, :]
+    along = np.float32(np.cos(angle_rad)) * x + np.float32(np.sin(angle_rad)) * y
+    return (np.float32(amplitude) * along / max(float(np.abs(along).max()), 1e-6))[None]
+
+
 def image_tomograms(
     density_zyx: np.ndarray,
     spacing_zyx_A: Sequence[float],
@@ -187,6 +200,8 @@ def image_tomograms(
             spectrum[zs] = scene[zs] * h + np.float32(sigma) * g * noise[zs]
         volume = scipy.fft.irfftn(spectrum, s=spec.shape, workers=workers, overwrite_x=True)
         del spectrum
+        if imaging.ice_gradient:
+            volume += _ice_ramp(volume.shape, imaging.ice_angle_rad, imaging.ice_gradient * float(volume.std()))
         volume *= np.float32(-imaging.intensity_scale)
         volume += np.float32(imaging.intensity_offset)
         yield tomo_type, volume

@@ -30,8 +30,15 @@ Particle counts (``layout="random"``) are Poisson around the mean real density (
 per real 184×630×630 run, scaled to the volume and by ``density_scale``), at least
 ``min_per_class``. ``layout="real"`` replicates the picks of a real training run instead (run
 ``i`` uses real run ``i mod 7`` and, for training runs, takes its name; see
-:func:`czii.data.sim_scene.place_real_particles`).
-Scene and imaging models: :mod:`czii.data.sim_scene`, :mod:`czii.data.sim_imaging`.
+:func:`czii.simulate.scene.place_real_particles`).
+Realism knobs (each drawn per run and recorded in ``simulation.json``): ``snr`` (times a per-run
+factor e^U(±0.35)), ``contrast`` (particle density times ``contrast``·U(0.8, 1.2)), ``density_scale``
+(crowding), ``ice_gradient`` (a linear ramp of ± ``ice_gradient`` tomogram standard deviations
+across the field along a random y-x direction, as a lamella thickening from one side adds
+background), ``intensity_scale_log10`` and ``intensity_offset`` (each tomogram is mapped to
+``offset − scale·v`` with log10(scale) ~ U(range) and offset ~ U(range)·scale: the real CZII
+values are near 1e-5).
+Scene and imaging models: :mod:`czii.simulate.scene`, :mod:`czii.simulate.imaging`.
 """
 
 from __future__ import annotations
@@ -49,10 +56,10 @@ import pandas as pd
 from copick.util.escape import sanitize_name
 from tqdm import tqdm
 
-from czii.data.omezarr import write_ome_zarr
-from czii.data.picks_json import picks_document, write_picks_json
-from czii.data.sim_imaging import TOMO_TYPES, Imaging, image_tomograms
-from czii.data.sim_scene import (
+from czii.formats.omezarr import write_ome_zarr
+from czii.formats.picks_json import picks_document, write_picks_json
+from czii.simulate.imaging import TOMO_TYPES, Imaging, image_tomograms
+from czii.simulate.scene import (
     REAL_PICKS_PER_RUN,
     Scene,
     add_membranes,
@@ -115,6 +122,10 @@ class SimConfig:
     membrane_rate: float = 1.0
     gold_rate: float = 1.0
     tilt_range_deg: float = 60.0
+    contrast: float = 1.0
+    ice_gradient: float = 0.0
+    intensity_scale_log10: tuple[float, float] = (-6.0, -3.0)
+    intensity_offset: tuple[float, float] = (-2.0, 2.0)
     object_names: Mapping[str, str] = field(default_factory=dict)
     type_names: Mapping[str, str] = field(default_factory=dict)
     real_picks_csv: str = DEFAULT_REAL_PICKS_CSV
@@ -126,10 +137,14 @@ class SimConfig:
         try:
             fix("shape_zyx", tuple(int(v) for v in self.shape_zyx))
             fix("spacing_zyx_A", tuple(float(v) for v in np.broadcast_to(self.spacing_zyx_A, (3,))))
+            for name in ("intensity_scale_log10", "intensity_offset"):
+                low, high = (float(v) for v in getattr(self, name))
+                fix(name, (low, high))
         except (TypeError, ValueError):
             raise ConfigError(
-                f"SimConfig: shape_zyx and spacing_zyx_A must be 3 numbers, "
-                f"got {self.shape_zyx!r}, {self.spacing_zyx_A!r}"
+                f"SimConfig: shape_zyx and spacing_zyx_A must be 3 numbers, intensity_scale_log10 and "
+                f"intensity_offset 2 (low, high), got {self.shape_zyx!r}, {self.spacing_zyx_A!r}, "
+                f"{self.intensity_scale_log10!r}, {self.intensity_offset!r}"
             ) from None
         if isinstance(self.types, str):
             raise ConfigError(f"SimConfig: types must be a list of tomogram types, got the string {self.types!r}")
@@ -155,7 +170,13 @@ class SimConfig:
             raise bad(f"spacing_zyx_A must be positive, got {self.spacing_zyx_A}")
         if not (math.isfinite(self.snr) and self.snr > 0):
             raise bad(f"snr must be a positive number, got {self.snr!r}")
-        for name in ("density_scale", "distractors_per_particle", "membrane_rate", "gold_rate"):
+        if not (math.isfinite(self.contrast) and self.contrast > 0):
+            raise bad(f"contrast must be a positive number, got {self.contrast!r}")
+        for name in ("intensity_scale_log10", "intensity_offset"):
+            low, high = getattr(self, name)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise bad(f"{name} must be (low, high) with low <= high, got {(low, high)}")
+        for name in ("density_scale", "distractors_per_particle", "membrane_rate", "gold_rate", "ice_gradient"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise bad(f"{name} must be a non-negative number, got {value!r}")
@@ -291,8 +312,8 @@ def _draw_run(
     n_distractors = int(rng.poisson(config.distractors_per_particle * max(len(scene.particles), 1)))
     params["gold"], params["distractors"] = add_others(scene, n_gold, n_distractors, rng)
     params["particles"] = scene.counts()
-    contrast = float(rng.uniform(0.8, 1.2))
-    scale = float(10.0 ** rng.uniform(-6.0, -3.0))
+    contrast = float(config.contrast * rng.uniform(0.8, 1.2))
+    scale = float(10.0 ** rng.uniform(*config.intensity_scale_log10))
     imaging = Imaging(
         defocus_A=float(rng.uniform(2.5e4, 4.5e4)),
         bfactor_A2=float(rng.uniform(200.0, 800.0)),
@@ -300,7 +321,9 @@ def _draw_run(
         tilt_range_deg=config.tilt_range_deg,
         texture_std=float(rng.uniform(0.03, 0.08)),
         intensity_scale=scale,
-        intensity_offset=float(rng.uniform(-2.0, 2.0) * scale),
+        intensity_offset=float(rng.uniform(*config.intensity_offset) * scale),
+        ice_gradient=config.ice_gradient,
+        ice_angle_rad=float(rng.uniform(0.0, 2.0 * np.pi)) if config.ice_gradient else 0.0,
     )
     params.update(particle_contrast=contrast, imaging=asdict(imaging))
     return scene, imaging, contrast, params

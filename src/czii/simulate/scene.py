@@ -3,7 +3,7 @@
 A scene is a lamella (a slab of background density with two parallel, slightly tilted faces)
 holding the six particle classes, crowding distractors (blobs of no class), membranes
 (vesicles and curved patches with a ~4 nm bilayer profile) and gold fiducials. Densities are
-"protein = 1" units above the solvent; imaging (:mod:`czii.data.sim_imaging`) turns them
+"protein = 1" units above the solvent; imaging (:mod:`czii.simulate.imaging`) turns them
 into tomograms. Positions are x, y, z in Å (voxel index ``i`` is centred at ``i * spacing``).
 
 Particle shapes are analytic and sized so that every voxel with density lies within the

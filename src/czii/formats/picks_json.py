@@ -21,9 +21,14 @@ _IDENTITY = [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
 
 
 def picks_document(
-    particle_type: str, run_name: str, xyz_A: np.ndarray, user_id: str = "curation", session_id: str = "0"
+    particle_type: str, run_name: str, xyz_A: np.ndarray, user_id: str = "curation", session_id: str = "0",
+    *, scores: np.ndarray | None = None, trust_orientation: bool = True,
 ) -> dict:
-    """The picks document for one particle type of one run (``xyz_A``: (N, 3) x, y, z Å)."""
+    """The picks document for one particle type of one run (``xyz_A``: (N, 3) x, y, z Å).
+
+    ``trust_orientation`` stays true as in the competition files; picks without real orientations
+    made elsewhere (``czii import``) pass false. ``scores`` (finite values) go to each point's ``score``.
+    """
     pts = np.asarray(xyz_A, dtype=np.float64).reshape(-1, 3)
     points = [
         {
@@ -33,6 +38,10 @@ def picks_document(
         }
         for x, y, z in pts
     ]
+    if scores is not None:
+        for point, score in zip(points, np.asarray(scores, dtype=np.float64)):
+            if np.isfinite(score):
+                point["score"] = float(score)
     return {
         "pickable_object_name": particle_type,
         "user_id": user_id,
@@ -41,7 +50,7 @@ def picks_document(
         "voxel_spacing": None,
         "unit": "angstrom",
         "points": points,
-        "trust_orientation": True,
+        "trust_orientation": trust_orientation,
     }
 
 

@@ -1,0 +1,121 @@
+"""Your own tomograms: MRC folders at any voxel size through `czii infer`, scores kept, `czii export` to STAR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+from conftest import CPU_TINY
+
+from czii.cli import main
+from czii.data import open_dataset
+from czii.formats.mrc import write_mrc
+from czii.geometry import resample_zyx
+from czii.submission import manifest_path, read_scored_submission, scores_path
+
+SETS = ["train.steps_per_epoch=3", "patch.size_zyx=[16,32,32]", "val.tile_zyx=[16,48,48]", "infer.tile_zyx=[16,48,48]",
+        "train.epochs=1"]
+RUN = "TS_test_00"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_sim, tmp_path_factory) -> Path:
+    """A finished 1-epoch cpu_tiny run (level 1: it records 20.02 Å voxels)."""
+    out = tmp_path_factory.mktemp("own") / "run"
+    assert main(["train", "--out", str(out), "--config", str(CPU_TINY), "--data", str(tiny_sim.copick_config),
+                 "--device", "cpu", "--set", *SETS]) == 0
+    return out
+
+
+def _infer(model: Path, data, out: Path, *extra: str) -> int:
+    return main(["infer", "--models", str(model), "--data", str(data), "--out", str(out), "--device", "cpu",
+                 "--tta", "none", "--allow-spec-mismatch", *extra])
+
+
+def test_mrc_at_the_model_voxel_size_gives_the_copick_picks(model, tiny_sim, tmp_path):
+    level1 = open_dataset(tiny_sim.kaggle_dir, split="test").tomogram(RUN, level=1)
+    folder = tmp_path / "mrc"
+    folder.mkdir()
+    write_mrc(folder / f"{RUN}.mrc", level1.data, level1.spacing_zyx_A[-1])
+    assert _infer(model, tiny_sim.kaggle_dir, tmp_path / "native.csv") == 0
+    assert _infer(model, folder, tmp_path / "mrc.csv") == 0
+    native, mrc = read_scored_submission(tmp_path / "native.csv"), read_scored_submission(tmp_path / "mrc.csv")
+    assert len(native) > 0 and len(native) == len(mrc)
+    np.testing.assert_allclose(mrc[["x", "y", "z", "score"]], native[["x", "y", "z", "score"]], atol=1e-2)
+    facts = json.loads(manifest_path(tmp_path / "mrc.csv").read_text())["inputs"][RUN]
+    assert facts["format"] == "mrc" and facts["spacing_source"] == "header" and not facts["resampled"]
+
+
+@pytest.mark.parametrize("voxel_A", [7.84, 13.48])
+def test_binned_mrc_is_resampled_and_picks_come_back_in_its_frame(model, tiny_sim, tmp_path, voxel_A, capsys):
+    level0 = open_dataset(tiny_sim.kaggle_dir, split="test").tomogram(RUN, level=0)
+    volume = resample_zyx(level0.data, level0.spacing_zyx_A, voxel_A)
+    folder = tmp_path / "mrc"
+    folder.mkdir()
+    write_mrc(folder / f"{RUN}.rec", volume, voxel_A)
+    out = tmp_path / "picks.csv"
+    assert _infer(model, str(folder / "*.rec"), out) == 0
+    assert "predicted at 20.02 Å" in capsys.readouterr().err
+    manifest = json.loads(manifest_path(out).read_text())
+    facts = manifest["inputs"][RUN]
+    assert facts["resampled"] and facts["factor"] == pytest.approx(voxel_A / 20.0249, rel=1e-3)
+    assert facts["frame_shape_zyx"] == list(volume.shape) and facts["frame_spacing_zyx_A"] == pytest.approx([voxel_A] * 3)
+    picks = read_scored_submission(out)
+    extent = (np.asarray(volume.shape[::-1]) - 0.5) * voxel_A
+    assert len(picks) > 0 and (picks[["x", "y", "z"]].to_numpy() <= extent).all()
+    assert picks["score"].between(0, 1).all() and scores_path(out).is_file()
+    star = tmp_path / "picks.star"
+    assert main(["export", "--submission", str(out), "--format", "star", "--out", str(star)]) == 0
+    particles = starfile.read(star, always_dict=True)["particles"]
+    centre = np.asarray(volume.shape[::-1]) * voxel_A / 2
+    np.testing.assert_allclose(particles[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]].to_numpy(),
+                               picks[["x", "y", "z"]].to_numpy() - centre, atol=1e-3)
+    np.testing.assert_allclose(particles["rlnAutopickFigureOfMerit"], picks["score"], rtol=1e-5)
+
+
+def test_unset_header_voxel_size_is_refused_and_the_override_recorded(model, tiny_sim, tmp_path, capsys):
+    level1 = open_dataset(tiny_sim.kaggle_dir, split="test").tomogram(RUN, level=1)
+    write_mrc(tmp_path / f"{RUN}.mrc", level1.data, 1.0)
+    out = tmp_path / "p.csv"
+    assert _infer(model, tmp_path / f"{RUN}.mrc", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("czii infer: error:") and "looks unset" in err and f"{RUN}.mrc" in err
+    assert not out.exists() and not manifest_path(out).exists() and not scores_path(out).exists()
+    assert _infer(model, tmp_path / f"{RUN}.mrc", out, "--voxel-size", str(level1.spacing_zyx_A[-1])) == 0
+    assert json.loads(manifest_path(out).read_text())["inputs"][RUN]["spacing_source"] == "--voxel-size"
+    assert _infer(model, tiny_sim.kaggle_dir, tmp_path / "k.csv", "--voxel-size", "10") == 2
+    assert "--voxel-size applies to MRC" in capsys.readouterr().err
+
+
+def test_exported_picks_import_into_a_copick_project_for_training(model, tiny_sim, tmp_path):
+    out = tmp_path / "picks.csv"
+    assert _infer(model, tiny_sim.kaggle_dir, out) == 0
+    project = tmp_path / "project"
+    config = json.loads(tiny_sim.copick_config.read_text())
+    config["overlay_root"] = str(project / "overlay")
+    (project / "overlay").mkdir(parents=True)
+    config_path = project / "copick_config.json"
+    config_path.write_text(json.dumps(config))
+    submission = read_scored_submission(out).assign(experiment=tiny_sim.train_runs[0])
+    submission[["id", "experiment", "particle_type", "x", "y", "z"]].to_csv(tmp_path / "moved.csv", index=False)
+    submission[["id", "score"]].to_csv(scores_path(tmp_path / "moved.csv"), index=False)
+    manifest = json.loads(manifest_path(out).read_text())
+    manifest["inputs"] = {tiny_sim.train_runs[0]: manifest["inputs"][RUN]}
+    manifest_path(tmp_path / "moved.csv").write_text(json.dumps(manifest))
+    for fmt in ("star", "tbl"):
+        exported = tmp_path / f"moved.{fmt}"
+        assert main(["export", "--submission", str(tmp_path / "moved.csv"), "--format", fmt, "--out",
+                     str(exported)]) == 0
+        assert main(["import", "--picks", str(exported), "--format", fmt, "--into", str(config_path), "--user",
+                     f"from{fmt}", "--overwrite"]) == 0
+        back = open_dataset(config_path).picks(user_id=f"from{fmt}", session_id="0")
+        want = submission.sort_values(["particle_type", "x", "y", "z"]).reset_index(drop=True)
+        assert len(back) == len(want)
+        np.testing.assert_allclose(back[["x", "y", "z"]], want[["x", "y", "z"]], atol=1e-3)
+    doc = json.loads(next((project / "overlay").rglob("fromstar_0_*.json")).read_text())
+    assert doc["trust_orientation"] is False and "score" in doc["points"][0]
+    assert main(["import", "--picks", str(tmp_path / "moved.star"), "--format", "star", "--into",
+                 str(config_path), "--user", "fromstar"]) == 2
