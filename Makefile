@@ -15,6 +15,7 @@ RUN ?= $(WORK)/runs/$(EXP)
 DATA ?=
 MODELS ?= $(RUN)
 SUBMISSION ?= submissions/$(EXP).csv
+FORMAT ?= star
 SOLUTION ?=
 ROWS ?=
 WEIGHTS ?=
@@ -27,11 +28,12 @@ OVERWRITE ?=
 OVERWRITE_ARG = $(if $(OVERWRITE),--overwrite,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all demo simulate train tune infer score experiment leaderboard report ensemble kaggle bench bench-accuracy mutate clean
+.PHONY: help setup test test-all demo simulate train tune infer export score experiment leaderboard report ensemble kaggle bench bench-accuracy mutate clean
 
 help: ## list the targets and their knobs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  knobs: CONFIG=$(CONFIG) FOLD=$(FOLD) DATA=<kaggle dir|copick config> RUN=$(RUN) DEVICE=cpu|cuda MINUTES=$(MINUTES) OVERWRITE=1"
+	@echo "         MODELS=$(MODELS) SUBMISSION=$(SUBMISSION) SOLUTION=<csv|copick|kaggle> VOXEL_SIZE=<Å, MRC inputs> FORMAT=$(FORMAT) EXPORT=<file>"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -77,7 +79,11 @@ tune: $(STAMP) ## tune per-class thresholds on the out-of-fold picks of RUN
 
 infer: $(STAMP) ## ensemble + TTA inference of MODELS on DATA (test split) → SUBMISSION (OVERWRITE=1 replaces it)
 	@test -n "$(DATA)" || { echo "make infer: DATA=<Kaggle dir|copick config> is required" >&2; exit 2; }
-	$(CZII) infer --models $(MODELS) --data $(DATA) --split test --out $(SUBMISSION) $(OVERWRITE_ARG) $(DEVICE_ARG)
+	$(CZII) infer --models $(MODELS) --data $(DATA) --split test --out $(SUBMISSION) $(OVERWRITE_ARG) $(DEVICE_ARG) $(if $(VOXEL_SIZE),--voxel-size $(VOXEL_SIZE))
+
+export: $(STAMP) ## write SUBMISSION's scored picks as FORMAT (star, relion4, tbl, csv) to EXPORT
+	@test -n "$(EXPORT)" || { echo "make export: EXPORT=<output file> is required" >&2; exit 2; }
+	$(CZII) export --submission $(SUBMISSION) --format $(FORMAT) --out $(EXPORT) $(OVERWRITE_ARG)
 
 score: $(STAMP) ## score SUBMISSION against SOLUTION (CSV, copick config or Kaggle dir)
 	@test -n "$(SOLUTION)" || { echo "make score: SOLUTION=<solution CSV|copick config|Kaggle dir> is required" >&2; exit 2; }
