@@ -28,6 +28,8 @@ import yaml
 from czii.errors import ConfigError
 from czii.io import atomic_write_text
 from czii.particles import BY_NAME, PARTICLE_NAMES
+
+DEFAULT_VAL_THRESHOLD = 0.2  # per-epoch validation threshold of a class val.thresholds does not name
 from czii.registry import BLEND_MODES, ENCODERS, PEAK_METHODS, network_stride, resolve_tta
 
 
@@ -411,9 +413,11 @@ def _validate(config: Config, origins: _Origins) -> None:
         if len(sides) != 3 or any(s <= 0 or s % net_stride for s in sides):
             raise fail(key, f"expected 3 positive sides (z, y, x), each a multiple of the network stride "
                        f"{net_stride} (2**model.encoder_depth), got {sides}")
-    unknown = [c for c in config.data.classes if c not in BY_NAME]
-    if unknown or not config.data.classes or len(set(config.data.classes)) != len(config.data.classes):
-        raise fail("data.classes", f"expected distinct class names from {', '.join(PARTICLE_NAMES)}, "
+    # names only: a class that is not CZII's is defined by the copick projects the sources open
+    # (czii.training.data.check_classes), which --data may still replace
+    if not config.data.classes or len(set(config.data.classes)) != len(config.data.classes) or not all(
+            isinstance(c, str) and c and " " not in c for c in config.data.classes):
+        raise fail("data.classes", f"expected distinct class names (e.g. {', '.join(PARTICLE_NAMES)}), "
                    f"got {config.data.classes}")
     if not config.data.input_channels:
         raise fail("data.input_channels", "needs at least one tomogram type")
@@ -466,11 +470,11 @@ def _validate(config: Config, origins: _Origins) -> None:
                        ("train.batch_size", config.train.batch_size), ("train.val_every", config.train.val_every)):
         if value < 1:
             raise fail(key, f"must be >= 1, got {value}")
-    missing_thr = [c for c in config.data.classes if c not in config.val.thresholds]
-    unknown_thr = sorted(set(config.val.thresholds) - set(BY_NAME))
+    missing_thr = [c for c in config.data.classes if c in PARTICLE_NAMES and c not in config.val.thresholds]
+    unknown_thr = sorted(set(config.val.thresholds) - set(BY_NAME) - set(config.data.classes))
     if missing_thr or unknown_thr:
-        raise fail("val.thresholds", f"expected a threshold for each class of data.classes; "
-                   f"missing {missing_thr}, unknown {unknown_thr}")
+        raise fail("val.thresholds", f"expected a threshold for each CZII class of data.classes (other classes "
+                   f"default to {DEFAULT_VAL_THRESHOLD}); missing {missing_thr}, unknown {unknown_thr}")
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from czii.errors import SubmissionError
-from czii.particles import BY_NAME, PARTICLE_NAMES, TOTAL_WEIGHT
+from czii.particles import BY_NAME, PARTICLE_NAMES, known_names, total_weight
 from czii.picks import XYZ, check_picks_table, neighbours, preview, unknown_particle_types
 
 TABLE_COLUMNS: tuple[str, ...] = ("tp", "fp", "fn", "precision", "recall", "f_beta", "weight")
@@ -66,7 +66,7 @@ def score(
     submission = check_picks_table(submission, "submission")
     bad = unknown_particle_types(solution)
     if bad:
-        raise SubmissionError(f"solution has unknown particle types {bad}; known: {list(PARTICLE_NAMES)}")
+        raise SubmissionError(f"solution has unknown particle types {bad}; known: {list(known_names())}")
     dup = solution.duplicated(subset=["experiment", *XYZ], keep=False).to_numpy()
     if dup.any():
         raise SubmissionError(
@@ -77,12 +77,13 @@ def score(
     submission = submission[submission["experiment"].isin(runs)]
     bad = unknown_particle_types(submission)
     if bad:
-        raise SubmissionError(f"submission has unknown particle types {bad}; known: {list(PARTICLE_NAMES)}")
+        raise SubmissionError(f"submission has unknown particle types {bad}; known: {list(known_names())}")
+    classes = [*PARTICLE_NAMES, *sorted(set(solution["particle_type"]) - set(PARTICLE_NAMES))]
 
     submission = submission[submission["particle_type"].isin(set(solution["particle_type"]))]
     found = np.array([len(n) > 0 for n in neighbours(solution, submission, distance_multiplier=distance_multiplier)],
                      dtype=bool)
-    counts = {name: np.zeros(3, dtype=np.int64) for name in PARTICLE_NAMES}
+    counts = {name: np.zeros(3, dtype=np.int64) for name in classes}
     for name in solution["particle_type"].unique():
         of_class = (solution["particle_type"] == name).to_numpy()
         tp = int(found[of_class].sum())
@@ -90,14 +91,14 @@ def score(
         counts[name] += (tp, n_pred - tp, int(of_class.sum()) - tp)
 
     rows = []
-    for name in PARTICLE_NAMES:
+    for name in classes:
         tp, fp, fn = (int(v) for v in counts[name])
         precision = tp / (tp + fp) if tp + fp > 0 else 0.0
         recall = tp / (tp + fn) if tp + fn > 0 else 0.0
         f_beta = (1 + beta**2) * precision * recall / (beta**2 * precision + recall) if precision + recall > 0 else 0.0
         rows.append((tp, fp, fn, precision, recall, f_beta, BY_NAME[name].weight))
-    table = pd.DataFrame(rows, index=pd.Index(PARTICLE_NAMES, name="particle_type"), columns=list(TABLE_COLUMNS))
-    total = float((table["f_beta"] * table["weight"]).sum() / TOTAL_WEIGHT)
+    table = pd.DataFrame(rows, index=pd.Index(classes, name="particle_type"), columns=list(TABLE_COLUMNS))
+    total = float((table["f_beta"] * table["weight"]).sum() / total_weight(classes))
     return ScoreReport(score=total, table=table, beta=beta)
 
 

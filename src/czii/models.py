@@ -30,6 +30,7 @@ from torch import nn
 from czii.config import ModelConfig
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_path
+from czii.particles import register_records
 from czii.registry import network_stride
 
 with warnings.catch_warnings():  # timm, imported by smp-3d, scripts functions with the deprecated torch.jit
@@ -149,6 +150,7 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise DataError(f"{path}: not a czii checkpoint (missing {missing})")
+    register_records(ckpt.get("particles", []))  # the classes it was trained on, with their radii and weights
     return ckpt
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from czii.errors import CziiError, SubmissionError
-from czii.particles import BY_NAME, PARTICLE_NAMES
+from czii.particles import BY_NAME, known_names
 
 XYZ: tuple[str, str, str] = ("x", "y", "z")
 PICK_COLUMNS: tuple[str, ...] = ("experiment", "particle_type", *XYZ)
@@ -48,9 +48,9 @@ def empty_table(columns: Iterable[str] = PICK_COLUMNS) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=np.float64 if c in (*XYZ, "score") else object) for c in columns})
 
 
-def unknown_particle_types(df: pd.DataFrame, known: Iterable[str] = PARTICLE_NAMES) -> list[str]:
-    """Particle types in ``df`` that are not in ``known`` (sorted)."""
-    return sorted(set(df["particle_type"].astype(str)) - set(known))
+def unknown_particle_types(df: pd.DataFrame, known: Iterable[str] | None = None) -> list[str]:
+    """Particle types in ``df`` that are not in ``known`` (default: every registered class; sorted)."""
+    return sorted(set(df["particle_type"].astype(str)) - set(known_names() if known is None else known))
 
 
 def check_picks_table(

@@ -55,7 +55,7 @@ import yaml
 from czii.config import Config, build_typed, load_config, read_yaml
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_write_text
-from czii.particles import BY_NAME, PARTICLE_NAMES
+from czii.particles import BY_NAME, PARTICLE_NAMES, known_names
 from czii.registry import BLEND_MODES, PEAK_METHODS, resolve_tta
 from czii.rundir import RunDir
 
@@ -158,9 +158,9 @@ def check_spec(spec: PredictorSpec, where: str) -> PredictorSpec:
     for i, m in enumerate(spec.members):
         if not (math.isfinite(m.weight) and m.weight > 0):
             raise fail(f"members[{i}].weight", f"must be a positive number, got {m.weight}")
-    unknown = [c for c in spec.classes if c not in BY_NAME]
-    if unknown or not spec.classes or len(set(spec.classes)) != len(spec.classes):
-        raise fail("classes", f"expected distinct class names from {', '.join(PARTICLE_NAMES)}, got {spec.classes}")
+    if not spec.classes or len(set(spec.classes)) != len(spec.classes) or not all(
+            isinstance(c, str) and c for c in spec.classes):
+        raise fail("classes", f"expected distinct class names (e.g. {', '.join(PARTICLE_NAMES)}), got {spec.classes}")
     if not spec.input.channels:
         raise fail("input.channels", "needs at least one tomogram type")
     if spec.input.nan_policy not in ("error", "repair"):
@@ -331,7 +331,8 @@ def resolve_spec(models: str | os.PathLike | Sequence[str | os.PathLike]) -> Pre
 # --------------------------------------------------------------------------- thresholds files
 
 # low and recall-oriented (winning solutions used 0.1–0.25)
-DEFAULT_THRESHOLDS: dict[str, float] = {name: 0.2 for name in PARTICLE_NAMES}
+DEFAULT_THRESHOLD = 0.2  # of every class, CZII or not
+DEFAULT_THRESHOLDS: dict[str, float] = {name: DEFAULT_THRESHOLD for name in PARTICLE_NAMES}
 
 
 def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, float], *, report: Mapping) -> Path:
@@ -383,9 +384,9 @@ def resolve_thresholds(thresholds: float | Mapping[str, float], classes: list[st
 
 def check_threshold_map(thresholds: Mapping, where: str) -> dict[str, float]:
     """``{class: threshold}`` with known class names and values in [0, 1] (ConfigError naming ``where``)."""
-    unknown = [k for k in thresholds if k not in PARTICLE_NAMES]
+    unknown = [k for k in thresholds if k not in BY_NAME]
     if unknown:
-        raise ConfigError(f"{where}: unknown class names {unknown}; known: {', '.join(PARTICLE_NAMES)}")
+        raise ConfigError(f"{where}: unknown class names {unknown}; known: {', '.join(known_names())}")
     if not thresholds:
         raise ConfigError(f"{where}: no thresholds given")
     out = {}

@@ -18,7 +18,7 @@ import pandas as pd
 from czii.errors import SubmissionError
 from czii.geometry import Spacing, zyx_vox_to_xyz_A
 from czii.io import atomic_write_text
-from czii.particles import PARTICLE_NAMES
+from czii.particles import known_names
 from czii.picks import (
     PICK_COLUMNS,
     SUBMISSION_COLUMNS,
@@ -100,7 +100,7 @@ def validate_submission(
     table = check_picks_table(df, "submission")
     unknown = unknown_particle_types(table)
     if unknown:
-        raise SubmissionError(f"submission has unknown particle types {unknown}; known: {list(PARTICLE_NAMES)}")
+        raise SubmissionError(f"submission has unknown particle types {unknown}; known: {list(known_names())}")
     ids = pd.to_numeric(table["id"], errors="coerce").to_numpy(dtype=np.float64)
     not_int = ~(np.isfinite(ids) & (ids == np.round(ids)))
     if not_int.any():

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
+import torch
 from conftest import CPU_TINY
 
 from czii.cli import main
 from czii.data import open_dataset
 from czii.formats.mrc import write_mrc
+from czii.formats.picks_json import picks_document, write_picks_json
 from czii.geometry import resample_zyx
 from czii.submission import manifest_path, read_scored_submission, scores_path
 
@@ -119,3 +125,53 @@ def test_exported_picks_import_into_a_copick_project_for_training(model, tiny_si
     assert doc["trust_orientation"] is False and "score" in doc["points"][0]
     assert main(["import", "--picks", str(tmp_path / "moved.star"), "--format", "star", "--into",
                  str(config_path), "--user", "fromstar"]) == 2
+
+
+def _seventh_object_project(tiny_sim, root: Path) -> Path:
+    """tiny_sim's copick project with a 7th pickable object, ``my-complex`` (radius 150 Å, metric weight 2), whose
+    picks are the ribosomes' positions under another name (the ribosome picks are removed)."""
+    config = json.loads(tiny_sim.copick_config.read_text())
+    config["pickable_objects"].append({"name": "my-complex", "is_particle": True, "label": 7, "radius": 150.0,
+                                       "metric_weight": 2.0, "color": [200, 0, 0, 255]})
+    overlay = root / "overlay"
+    shutil.copytree(Path(config["overlay_root"]), overlay)
+    config["overlay_root"] = str(overlay)
+    for run in tiny_sim.train_runs:
+        xyz = tiny_sim.picks[(tiny_sim.picks["experiment"] == run) & (tiny_sim.picks["particle_type"] == "ribosome")]
+        (overlay / "ExperimentRuns" / run / "Picks" / "curation_0_ribosome.json").unlink()
+        write_picks_json(overlay / "ExperimentRuns" / run / "Picks" / "curation_0_my-complex.json",
+                         picks_document("my-complex", run, xyz[["x", "y", "z"]].to_numpy()))
+    path = root / "copick_config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_seventh_pickable_object_is_trained_picked_named_and_scored(tiny_sim, tmp_path, capsys):
+    project = _seventh_object_project(tiny_sim, tmp_path)
+    run_dir = tmp_path / "run"
+    classes = '["apo-ferritin", "my-complex"]'
+    assert main(["train", "--out", str(run_dir), "--config", str(CPU_TINY), "--data", str(project), "--device", "cpu",
+                 "--set", *SETS, f"data.classes={classes}"]) == 0
+    ckpt = torch.load(run_dir / "fold0" / "checkpoints" / "best.pt", weights_only=False)
+    assert ckpt["classes"] == ["apo-ferritin", "my-complex"]
+    assert ckpt["particles"][1] == {"name": "my-complex", "radius_A": 150.0, "weight": 2.0}
+    thresholds = tmp_path / "low.json"
+    thresholds.write_text(json.dumps({"thresholds": {"apo-ferritin": 0.0, "my-complex": 0.0}}))
+    out = tmp_path / "picks.csv"
+    # a fresh process knows my-complex only from the checkpoint (the Kaggle test data has no such object)
+    done = subprocess.run([sys.executable, "-m", "czii", "infer", "--models", str(run_dir / "fold0" / "checkpoints" /
+                           "best.pt"), "--data", str(tiny_sim.kaggle_dir), "--out", str(out), "--device", "cpu",
+                           "--thresholds", str(thresholds)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    picks = pd.read_csv(out)
+    assert set(picks["particle_type"]) == {"apo-ferritin", "my-complex"}
+    train_out = tmp_path / "train_picks.csv"
+    assert main(["infer", "--models", str(run_dir / "fold0" / "checkpoints" / "best.pt"), "--data", str(project),
+                 "--out", str(train_out), "--device", "cpu", "--thresholds", str(thresholds)]) == 0
+    assert main(["score", "--submission", str(train_out), "--solution", str(project), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["classes"]["my-complex"]["weight"] == 2.0 and report["classes"]["my-complex"]["tp"] > 0
+    bad = tmp_path / "typo"
+    assert main(["train", "--out", str(bad), "--config", str(CPU_TINY), "--data", str(project), "--device", "cpu",
+                 "--set", *SETS, 'data.classes=["my-complx"]']) == 2
+    assert "my-complx" in capsys.readouterr().err and not bad.exists()

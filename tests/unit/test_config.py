@@ -116,7 +116,7 @@ def test_cross_field_rules():
     with pytest.raises(ConfigError, match="class_weights"):
         load_config(BASE, ["loss.class_weights=[1, 2]"])
     with pytest.raises(ConfigError, match="data.classes"):
-        load_config(BASE, ["data.classes=[apo-ferritin, not-a-protein]"])
+        load_config(BASE, ["data.classes=[apo-ferritin, apo-ferritin]"])
     with pytest.raises(ConfigError, match="rot90_xy"):
         load_config(BASE, ["patch.size_zyx=[64, 64, 128]"])
 

@@ -20,13 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from czii.data import load_solution  # copick, pandas, scipy: imported only when scoring
     from czii.metric import format_table, score
-    from czii.particles import PARTICLE_NAMES
+    from czii.particles import known_names
     from czii.picks import check_picks_table
     from czii.submission import check_experiments, read_submission, validate_submission
 
     submission = read_submission(args.submission)
     validate_submission(submission)  # what Kaggle checks before scoring: columns, unique integer ids, finite x, y, z
-    solution = check_picks_table(load_solution(args.solution, split=args.split), "solution", known=PARTICLE_NAMES)
+    solution = check_picks_table(load_solution(args.solution, split=args.split), "solution", known=known_names())
     warning = check_experiments(submission, solution, args.submission, args.solution)
     report = score(solution, submission)
     if warning:

@@ -43,7 +43,7 @@ from czii.data.staging import (
 )
 from czii.errors import ConfigError, DataError, SubmissionError
 from czii.geometry import extent_xyz_A
-from czii.particles import BY_NAME, PARTICLE_NAMES
+from czii.particles import BY_NAME, PARTICLE_NAMES, known_names, particles_from_copick, register
 from czii.picks import PICK_COLUMNS, empty_table, read_picks_csv
 
 KAGGLE_TOMO_TYPE = "denoised"
@@ -89,7 +89,9 @@ def _picks_error(where: str, exc: Exception) -> DataError:
     return DataError(f"{where}: unreadable picks file ({type(exc).__name__}: {exc})")
 
 
-def _open_copick_root(path: Path) -> CopickRootFSSpec:
+def _open_copick_root(path: Path, aliases: Mapping[str, str | None]) -> CopickRootFSSpec:
+    """The copick root of ``path``; its pickable objects that are not CZII classes (nor aliased to one) become
+    classes (:func:`czii.particles.register`)."""
     try:
         doc = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -103,9 +105,12 @@ def _open_copick_root(path: Path) -> CopickRootFSSpec:
             "(download the runs and point a 'filesystem' config at them)"
         )
     try:
-        return copick.from_file(str(path))
+        root = copick.from_file(str(path))
     except (pydantic.ValidationError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: invalid copick config ({exc})") from None
+    objects = [o for o in doc["pickable_objects"] if isinstance(o, dict) and o.get("name") not in aliases]
+    register(particles_from_copick(objects, str(path)))
+    return root
 
 
 def non_finite_policy(data: np.ndarray, nan_policy: str, what: str) -> np.ndarray:
@@ -307,7 +312,7 @@ class Dataset:
             return object_name
         raise DataError(
             f"run {run!r}: object {object_name!r} is not a particle class and not in aliases; "
-            f"classes: {', '.join(PARTICLE_NAMES)}; aliases: {sorted(self._aliases) or 'none'} "
+            f"classes: {', '.join(known_names())}; aliases: {sorted(self._aliases) or 'none'} "
             f"(pass aliases={{{object_name!r}: '<class>'}}, or None to ignore it)"
         )
 
@@ -373,8 +378,8 @@ class Dataset:
             raise DataError(f"write_picks: {user_id}/{session_id} is the ground-truth user/session; choose another")
         unknown = sorted(set(df["particle_type"]) - set(BY_NAME))
         if unknown:
-            raise DataError(f"write_picks: unknown particle types {unknown}; classes: {', '.join(PARTICLE_NAMES)}")
-        objects = {cls: self._object_name(cls) for cls in PARTICLE_NAMES}
+            raise DataError(f"write_picks: unknown particle types {unknown}; classes: {', '.join(known_names())}")
+        objects = {cls: self._object_name(cls) for cls in known_names()}
         absent = sorted(set(df["particle_type"]) - {cls for cls, obj in objects.items() if obj})
         if absent:
             raise DataError(f"write_picks: {self.config_path} has no pickable object for classes {absent}")
@@ -425,14 +430,14 @@ def open_dataset(
     if source.is_file():
         if split is not None:
             raise DataError(f"{source}: split={split!r} applies to Kaggle directories only, not to a copick config")
-        root = _open_copick_root(source)
+        root = _open_copick_root(source, alias_map)
         return Dataset(root, source, source=source, split=None, aliases=alias_map, tomo_type=tomo_type)
     split_dir = find_kaggle_split(source, split)
     if split_dir is None:
         raise DataError(f"{source}: not a Kaggle directory; {EXPECTED_LAYOUT}")
     work = Path(workdir) / split_dir.name if workdir is not None else default_workdir(split_dir)
     config_path = stage_kaggle_split(split_dir, work, source)
-    root = _open_copick_root(config_path)
+    root = _open_copick_root(config_path, alias_map)
     return Dataset(
         root, config_path, source=source, split=split_dir.name, aliases=alias_map,
         tomo_type=tomo_type or KAGGLE_TOMO_TYPE,

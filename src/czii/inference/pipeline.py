@@ -43,16 +43,18 @@ from tqdm import tqdm
 
 from czii import distributed as ddp
 from czii.data import Dataset, TomogramFolder, open_input
-from czii.errors import DataError
+from czii.errors import ConfigError, DataError
 from czii.formats.tomogram import is_tomogram_source
 from czii.geometry import extent_xyz_A
 from czii.inference.predictor import Predictor, checkpoints_spec
 from czii.inference.resume import RunStore, work_dir
 from czii.inference.sharding import gather_outcomes, shard_runs
 from czii.io import atomic_write_text, check_output, git_commit, sha256_file
-from czii.picks import CANDIDATE_COLUMNS, empty_table
+from czii.models import read_checkpoint
+from czii.particles import BY_NAME
+from czii.picks import CANDIDATE_COLUMNS, SUBMISSION_COLUMNS, empty_table
 from czii.predictor import (
-    DEFAULT_THRESHOLDS,
+    DEFAULT_THRESHOLD,
     PredictorSpec,
     SpecCheck,
     check_thresholds,
@@ -61,7 +63,6 @@ from czii.predictor import (
     with_overrides,
 )
 from czii.rundir import check_finished
-from czii.picks import SUBMISSION_COLUMNS
 from czii.submission import manifest_path, scores_path, to_submission, validate_submission, write_scores, write_submission
 
 DEFAULT_THRESHOLDS_ORIGIN = "default (czii.predictor.DEFAULT_THRESHOLDS)"
@@ -93,6 +94,13 @@ def resolve_predictor(
     if spec is None:
         spec = checkpoints_spec(paths)
     spec = with_overrides(spec, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size, nan_policy=nan_policy)
+    if not set(spec.classes) <= set(BY_NAME):  # classes of the project it was trained on: its checkpoints say
+        for m in spec.members:
+            read_checkpoint(m.checkpoint)
+        unknown = sorted(set(spec.classes) - set(BY_NAME))
+        if unknown:
+            raise ConfigError(f"classes {unknown} of the predictor are defined nowhere: no member checkpoint records "
+                              "them (train on a copick project whose pickable objects define them)")
     unfinished = check_finished([m.checkpoint for m in spec.members], allow_unfinished)
     run_dir = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     how = (f" with `czii tune --run-dir {run_dir} --set infer.tta=... --set infer.tile_zyx=[...]` (re-predicts "
@@ -103,7 +111,7 @@ def resolve_predictor(
 
 def threshold_values(spec: PredictorSpec, check: SpecCheck) -> dict[str, float]:
     """The per-class thresholds a predictor applies: the checked file's, else the defaults."""
-    values = check.thresholds if check.thresholds is not None else DEFAULT_THRESHOLDS
+    values = check.thresholds if check.thresholds is not None else {c: DEFAULT_THRESHOLD for c in spec.classes}
     origin = check.source if check.thresholds is not None else DEFAULT_THRESHOLDS_ORIGIN
     return resolve_thresholds(values, spec.classes, f"thresholds from {origin}")
 

@@ -8,7 +8,7 @@ Metric (the competition's, as :mod:`czii.metric`): for each run of the truth tab
 class, a truth point is a TP when any kept candidate of that class lies within
 ``0.5 * radius_A`` (inclusive); FP = kept − TP (negative when one candidate covers two
 truths); FN = truth − TP. Counts are summed over runs, F-beta (β = 4) is taken per class and
-the score is ``Σ weight · F / TOTAL_WEIGHT``. Candidates of runs absent from the truth are
+the score is ``Σ weight · F / total_weight`` (:func:`czii.particles.total_weight`). Candidates of runs absent from the truth are
 ignored, as the competition ignores submission rows of runs outside the solution.
 
 Exact evaluation: keeping candidates with ``score >= t`` only filters them (exact for maxpool
@@ -34,9 +34,10 @@ import pandas as pd
 
 from czii.errors import ConfigError, DataError
 from czii.io import check_output
-from czii.particles import PARTICLE_NAMES, TOTAL_WEIGHT, get_particle
+from czii.particles import BY_NAME, PARTICLE_NAMES, get_particle, known_names, total_weight
 from czii.picks import check_picks_table, neighbours, read_picks_csv
 from czii.predictor import (
+    DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLDS,
     resolve_thresholds,
     save_thresholds,
@@ -89,7 +90,7 @@ def tune_thresholds(
     classes: Sequence[str] | None = None,
     *,
     grid: Sequence[float] | None = None,
-    default: Mapping[str, float] = DEFAULT_THRESHOLDS,
+    default: float | Mapping[str, float] = DEFAULT_THRESHOLD,
 ) -> dict[str, float]:
     """The F-beta-maximising threshold of every class (rules in the module docstring)."""
     classes = check_classes(classes)
@@ -119,7 +120,7 @@ def cross_fitted_score(
     classes: Sequence[str] | None = None,
     *,
     grid: Sequence[float] | None = None,
-    default: Mapping[str, float] = DEFAULT_THRESHOLDS,
+    default: float | Mapping[str, float] = DEFAULT_THRESHOLD,
 ) -> CrossFit:
     """Honest score of tuning: each fold's runs use thresholds tuned on the other folds' runs.
 
@@ -156,7 +157,7 @@ class OOF:
 
 
 def _check_table(df: pd.DataFrame, what, score: bool) -> pd.DataFrame:
-    return check_picks_table(df, str(what), score=score, known=PARTICLE_NAMES, error=DataError)
+    return check_picks_table(df, str(what), score=score, known=known_names(), error=DataError)
 
 
 def read_oof_spec(path: Path) -> dict:
@@ -247,7 +248,7 @@ def tune_run_dir(
     unfinished = check_finished([f.best for f in RunDir(run_dir).folds()], allow_unfinished)
     oof = read_oof(run_dir)
     grid = _check_grid(grid)
-    default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLDS)
+    default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLD)
     thresholds = tune_thresholds(oof.candidates, oof.truth, grid=grid)
     tuned = score_at(oof.candidates, oof.truth, thresholds)
     folds: dict[str, list[str]] = {}
@@ -371,15 +372,15 @@ def _table(prep: _Prepared, classes: list[str], thr_of: Callable[[str], Mapping[
 
 
 def _weighted(table: pd.DataFrame) -> float:
-    return float((table["weight"] * table["f_beta"]).sum() / TOTAL_WEIGHT)
+    return float((table["weight"] * table["f_beta"]).sum() / total_weight(table["particle_type"]))
 
 
 def check_classes(classes: Sequence[str] | None) -> list[str]:
     """``classes`` as a list (None: all six), each a known class name, none repeated."""
     classes = list(PARTICLE_NAMES if classes is None else classes)
-    unknown = [c for c in classes if c not in PARTICLE_NAMES]
+    unknown = [c for c in classes if c not in BY_NAME]
     if unknown:
-        raise ConfigError(f"unknown class names {unknown}; known: {', '.join(PARTICLE_NAMES)}")
+        raise ConfigError(f"unknown class names {unknown}; known: {', '.join(known_names())}")
     if not classes or len(set(classes)) != len(classes):
         raise ConfigError(f"classes must be a non-empty list without repeats, got {classes}")
     return classes

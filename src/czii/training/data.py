@@ -27,6 +27,7 @@ from czii.data import Dataset, open_dataset
 from czii.data.normalize import load_run_input
 from czii.errors import ConfigError, CziiError
 from czii.geometry import xyz_A_to_zyx_vox
+from czii.particles import BY_NAME, known_names
 from czii.training.augment import (
     SpatialAug,
     augment_intensity,
@@ -61,6 +62,10 @@ def open_sources(config: Config, workdir: str | Path | None = None) -> dict[str,
                                             workdir=Path(workdir) / s.name if workdir is not None else None)
         except CziiError as exc:
             raise type(exc)(f"data source {s.name!r}: {exc}") from None
+    unknown = [c for c in config.data.classes if c not in BY_NAME]
+    if unknown:
+        raise ConfigError(f"data.classes: unknown classes {unknown}: neither CZII classes nor pickable objects with a "
+                          f"radius in the data sources' copick configs; known: {', '.join(known_names())}")
     return datasets
 
 

@@ -46,6 +46,7 @@ from czii.config import Config, config_hash, config_to_dict, save_resolved
 from czii.errors import ConfigError
 from czii.io import atomic_write_text, check_output
 from czii.models import build_model, output_channels, read_checkpoint, save_checkpoint, stride
+from czii.particles import particle_records
 from czii.rundir import RunDir, write_status
 from czii.training.augment import mixup
 from czii.training.data import FoldSplit, PatchDataset, load_runs, open_sources, split_fold
@@ -187,6 +188,7 @@ class Trainer:
             "normalisation": dataclasses.asdict(config.data.normalisation),
             "level": config.data.level,
             "spacing_zyx_A": self.spacing_zyx_A,
+            "particles": particle_records(self.config.data.classes),
             "stride": stride(config.model),
             "state_dict": self.model.state_dict(),
             "ema_state_dict": self.ema.state_dict() if self.ema is not None else None,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from czii.config import Config, load_config, with_data_paths
+from czii.config import DEFAULT_VAL_THRESHOLD, Config, load_config, with_data_paths
 from czii.data import Dataset
 from czii.errors import ConfigError, DataError
 from czii.inference import EnsembleMember, Predictor
@@ -75,7 +75,8 @@ def validate(model: torch.nn.Module, val_runs: list[ValRun], config: Config, dev
         stride=stride(config.model), name=TRAINING_MEMBER,
     )
     predictor = Predictor.from_members(validation_spec(config), [member], device)
-    picked = [predictor.picks(predictor.probabilities(vr.volume), vr.spacing_zyx_A, vr.run, config.val.thresholds)
+    thresholds = {c: DEFAULT_VAL_THRESHOLD for c in config.data.classes} | config.val.thresholds
+    picked = [predictor.picks(predictor.probabilities(vr.volume), vr.spacing_zyx_A, vr.run, thresholds)
               for vr in val_runs]
     truth = pd.concat([vr.truth for vr in val_runs], ignore_index=True)
     return float(metric_score(truth, pd.concat(picked, ignore_index=True)).score)
