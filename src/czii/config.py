@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -56,6 +57,7 @@ class DataConfig:
     input_channels: list[str]
     classes: list[str]
     level: int
+    spacing_A: Optional[float]
     folds: Optional[list[list[str]]]
     split_file: Optional[str]
     normalisation: NormalisationConfig
@@ -419,6 +421,8 @@ def _validate(config: Config, origins: _Origins) -> None:
             isinstance(c, str) and c and " " not in c for c in config.data.classes):
         raise fail("data.classes", f"expected distinct class names (e.g. {', '.join(PARTICLE_NAMES)}), "
                    f"got {config.data.classes}")
+    if config.data.spacing_A is not None and not (math.isfinite(config.data.spacing_A) and config.data.spacing_A > 0):
+        raise fail("data.spacing_A", f"must be a positive voxel size in Å or null, got {config.data.spacing_A}")
     if not config.data.input_channels:
         raise fail("data.input_channels", "needs at least one tomogram type")
     if len(config.data.normalisation.clip_percentiles) != 2 or not (

@@ -175,3 +175,16 @@ def test_a_seventh_pickable_object_is_trained_picked_named_and_scored(tiny_sim, 
     assert main(["train", "--out", str(bad), "--config", str(CPU_TINY), "--data", str(project), "--device", "cpu",
                  "--set", *SETS, 'data.classes=["my-complx"]']) == 2
     assert "my-complx" in capsys.readouterr().err and not bad.exists()
+
+
+def test_training_at_a_chosen_voxel_size_resamples_and_inference_follows(tiny_sim, tmp_path):
+    run_dir = tmp_path / "run16"
+    assert main(["train", "--out", str(run_dir), "--config", str(CPU_TINY), "--data", str(tiny_sim.copick_config),
+                 "--device", "cpu", "--set", *SETS, "data.spacing_A=16.0"]) == 0
+    ckpt = torch.load(run_dir / "fold0" / "checkpoints" / "best.pt", weights_only=False)
+    assert ckpt["spacing_zyx_A"] == [16.0, 16.0, 16.0]
+    out = tmp_path / "p.csv"
+    assert _infer(run_dir, tiny_sim.kaggle_dir, out) == 0
+    facts = json.loads(manifest_path(out).read_text())["inputs"][RUN]
+    assert facts["level"] == 0 and facts["resampled"] and facts["spacing_zyx_A"] == [16.0] * 3
+    assert facts["factor"] == pytest.approx(10.0124 / 16.0, rel=1e-4)

@@ -97,11 +97,13 @@ def split_fold(config: Config, datasets: dict[str, Dataset], fold: int) -> FoldS
 
 
 def load_input(config: Config, dataset: Dataset, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Normalised ``[C_in, Z, Y, X]`` float32 input of ``run`` at the config's level, input channels and
-    normalisation (:func:`czii.data.normalize.load_run_input`, as inference reads it) and its spacing."""
+    """Normalised ``[C_in, Z, Y, X]`` float32 input of ``run`` at the config's level (or resampled to
+    ``data.spacing_A``), input channels and normalisation (:func:`czii.data.normalize.load_run_input`, as
+    inference reads it) and its spacing."""
+    target = None if config.data.spacing_A is None else (config.data.spacing_A,) * 3
     return load_run_input(dataset, run, config.data.input_channels, level=config.data.level,
                           clip_percentiles=config.data.normalisation.clip_percentiles,
-                          nan_policy=config.data.nan_policy)
+                          nan_policy=config.data.nan_policy, target_spacing_zyx_A=target)
 
 
 def class_picks(config: Config, dataset: Dataset, run: str) -> pd.DataFrame:
