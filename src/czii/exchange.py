@@ -18,7 +18,7 @@ import pandas as pd
 from czii.data import open_dataset
 from czii.data.staging import TRUTH_SESSION_ID, TRUTH_USER_ID, find_kaggle_split
 from czii.errors import DataError
-from czii.formats.exports import Frame, read_picks, write_picks
+from czii.formats.exports import Frame, read_picks, tbl_sidecar, write_picks
 from czii.formats.picks_json import picks_document, write_picks_json
 from czii.io import check_output
 from czii.submission import manifest_path, read_scored_submission
@@ -51,6 +51,8 @@ def export_submission(submission_csv: str | Path, fmt: str, out: str | Path, *, 
                             f"{sorted(set(table['particle_type']))}")
         table = table[table["particle_type"].isin(particles)]
     out = check_output(out, "export", overwrite=overwrite)
+    if fmt == "tbl":
+        check_output(tbl_sidecar(out), "export names file", overwrite=overwrite)
     return write_picks(table.drop(columns="id"), out, fmt, frames), len(table)
 
 

@@ -196,10 +196,8 @@ class Dataset:
         """Tomogram types present for ``run``, sorted."""
         return sorted(self._tomograms_by_type(run))
 
-    def _level_array(
-        self, run: str, tomo_type: str | None, level: int
-    ) -> tuple[zarr.Array, tuple[float, float, float], str, str]:
-        """(zarr array, spacing z,y,x Å, resolved type, location) of one level; nothing read yet."""
+    def _group(self, run: str, tomo_type: str | None) -> tuple[zarr.Group, dict, str, str]:
+        """(zarr group, its .zattrs, resolved type, location) of one tomogram; no voxels read."""
         by_type = self._tomograms_by_type(run)
         chosen = tomo_type or self.tomo_type
         if chosen is None:
@@ -220,6 +218,13 @@ class Dataset:
             zattrs = group.attrs.asdict()
         except Exception as exc:  # zarr and fsspec raise many types for broken stores
             raise DataError(f"{where}: unreadable zarr group ({type(exc).__name__}: {exc})") from None
+        return group, zattrs, chosen, where
+
+    def _level_array(
+        self, run: str, tomo_type: str | None, level: int
+    ) -> tuple[zarr.Array, tuple[float, float, float], str, str]:
+        """(zarr array, spacing z,y,x Å, resolved type, location) of one level; nothing read yet."""
+        group, zattrs, chosen, where = self._group(run, tomo_type)
         spacing = level_spacing_zyx_A(zattrs, level, where)
         try:
             array = group[str(level)]
@@ -233,17 +238,13 @@ class Dataset:
         return array, spacing, chosen, where
 
     def levels(self, run: str, tomo_type: str | None = None) -> list[tuple[int, tuple[float, float, float]]]:
-        """(level, spacing z, y, x Å) of every pyramid level of one tomogram, finest first (metadata only)."""
-        array, spacing, chosen, where = self._level_array(run, tomo_type, 0)
-        found = [(0, spacing)]
-        level = 1
-        while True:
-            try:
-                _, spacing, _, _ = self._level_array(run, chosen, level)
-            except DataError:
-                return found
-            found.append((level, spacing))
-            level += 1
+        """(level, spacing z, y, x Å) of every pyramid level of one tomogram listed in its ``.zattrs``, finest
+        first (metadata only, one read)."""
+        _, zattrs, _, where = self._group(run, tomo_type)
+        level_spacing_zyx_A(zattrs, 0, where)  # level 0 must exist: its error names the levels present
+        paths = [d.get("path") for d in zattrs["multiscales"][0]["datasets"]]
+        levels = sorted(int(p) for p in paths if isinstance(p, str) and p.isdigit())
+        return [(lv, level_spacing_zyx_A(zattrs, lv, where)) for lv in levels]
 
     def tomogram_shape(self, run: str, tomo_type: str | None = None, level: int = 0) -> tuple[int, int, int]:
         """Shape z, y, x of one level, from the metadata only."""

@@ -102,12 +102,14 @@ def load_run_input(
     clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
     nan_policy: str = "error",
     target_spacing_zyx_A: Sequence[float] | None = None,
+    plan: InputPlan | None = None,
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Normalised float32 ``[C_in, Z, Y, X]`` model input of ``run`` (one channel per tomogram type, in the
     order of ``input_channels``) and its spacing; DataError when the channels differ in shape or spacing.
     ``nan_policy`` (``data.nan_policy``): ``error`` or ``repair`` non-finite voxels (:meth:`Dataset.tomogram`).
-    ``target_spacing_zyx_A``: the voxel size to bring the input to (module docstring); None reads ``level``."""
-    plan = plan_input(dataset, run, input_channels[0], level, target_spacing_zyx_A)
+    ``target_spacing_zyx_A``: the voxel size to bring the input to (module docstring); None reads ``level``.
+    ``plan``: the :func:`plan_input` of these arguments when the caller already made it."""
+    plan = plan or plan_input(dataset, run, input_channels[0], level, target_spacing_zyx_A)
     channels: list[np.ndarray] = []
     first: tuple[tuple[int, ...], tuple[float, float, float]] | None = None
     for tomo_type in input_channels:

@@ -57,6 +57,12 @@ class Frame:
         return np.asarray(self.shape_zyx[::-1], dtype=np.float64) * self.spacing_A / 2.0
 
 
+def tbl_sidecar(path: str | Path) -> Path:
+    """Where a Dynamo table's tomogram and class names go: ``<file>.czii.json``."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
 def _frame(frames: Mapping[str, Frame], run: str) -> Frame:
     try:
         return frames[run]
@@ -98,13 +104,17 @@ def write_picks(table: pd.DataFrame, path: str | Path, fmt: str, frames: Mapping
         rows[:, 19] = table["experiment"].map({r: i + 1 for i, r in enumerate(runs)}).to_numpy()
         rows[:, 21] = class_number
         rows[:, 23:26] = xyz / spacing + 1.0
-        sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+        sidecar = tbl_sidecar(path)
         doc = {"format": "dynamo-tbl", "tomograms": {str(i + 1): r for i, r in enumerate(runs)},
                "classes": {str(i + 1): c for i, c in enumerate(classes)},
                "voxel_size_A": {r: _frame(frames, r).spacing_A for r in runs}}
         with atomic_path(path) as tmp:
             np.savetxt(tmp, rows, fmt="%.10g")
-        atomic_write_text(sidecar, json.dumps(doc, indent=2) + "\n")
+        try:
+            atomic_write_text(sidecar, json.dumps(doc, indent=2) + "\n")
+        except BaseException:
+            path.unlink(missing_ok=True)  # the table means nothing without its names
+            raise
         return [path, sidecar]
     particles = pd.DataFrame({"rlnTomoName": table["experiment"]})
     if fmt == "star":
@@ -198,7 +208,7 @@ def _read_tbl(path: Path, frames: Mapping[str, Frame], particle: str | None,
         raise DataError(f"{path}: not a numeric Dynamo table ({exc})") from None
     if rows.size and rows.shape[1] < 26:
         raise DataError(f"{path}: a Dynamo table needs at least 26 columns, found {rows.shape[1]}")
-    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    sidecar = tbl_sidecar(path)
     doc = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     tomograms = {int(k): v for k, v in doc.get("tomograms", {}).items()}
     indices = rows[:, 19].astype(int) if rows.size else np.zeros(0, int)

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from czii.errors import DataError
 from czii.formats.mrc import MRC_SUFFIXES, read_mrc, read_mrc_header
-from czii.formats.omezarr import level_spacing_zyx_A
+from czii.formats.omezarr import level_spacing_zyx_A, read_ome_zarr
 
 UNSET_VOXEL_SIZES_A = (0.0, 1.0)
 ANISOTROPY_TOLERANCE = 0.01
@@ -45,13 +44,7 @@ class TomogramFile:
 
     def read(self) -> np.ndarray:
         """The level-0 voxels as float32 z, y, x."""
-        if self.format == "mrc":
-            return read_mrc(self.path)
-        try:
-            array = zarr.open_array(zarr.DirectoryStore(str(self.path / "0"), dimension_separator="/"), mode="r")
-            return np.asarray(array[...], dtype=np.float32)
-        except Exception as exc:  # zarr raises many types for broken stores
-            raise DataError(f"{self.path}/0: unreadable zarr array ({type(exc).__name__}: {exc})") from None
+        return read_mrc(self.path) if self.format == "mrc" else read_ome_zarr(self.path, 0)[0]
 
 
 def is_bare_omezarr(path: Path) -> bool:

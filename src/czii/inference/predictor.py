@@ -107,11 +107,13 @@ class Predictor:
         inp = self.spec.input
         return plan_input(dataset, run, inp.channels[0], inp.level, self.spacing_zyx_A)
 
-    def load_input(self, dataset: Dataset | TomogramFolder, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-        """Normalised ``[C_in, Z, Y, X]`` input of ``run`` at the members' voxel size and that spacing (Å)."""
+    def load_input(self, dataset: Dataset | TomogramFolder, run: str,
+                   plan: InputPlan | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """Normalised ``[C_in, Z, Y, X]`` input of ``run`` at the members' voxel size and that spacing (Å);
+        ``plan``: :meth:`plan` of the run when already made."""
         inp = self.spec.input
         return load_run_input(dataset, run, inp.channels, level=inp.level, clip_percentiles=inp.clip_percentiles,
-                              nan_policy=inp.nan_policy, target_spacing_zyx_A=self.spacing_zyx_A)
+                              nan_policy=inp.nan_policy, target_spacing_zyx_A=self.spacing_zyx_A, plan=plan)
 
     def probabilities(self, volume_czyx: np.ndarray, progress: bool = False) -> np.ndarray:
         """Ensemble × TTA probabilities ``[C, Z, Y, X]`` with the spec's tiling."""
@@ -133,7 +135,7 @@ class Predictor:
         """Scored picks of one run and its facts (shape, spacing, seconds per stage, number of picks)."""
         t0 = time.perf_counter()
         plan = self.plan(dataset, run)
-        volume_czyx, spacing_zyx_A = self.load_input(dataset, run)
+        volume_czyx, spacing_zyx_A = self.load_input(dataset, run, plan)
         t1 = time.perf_counter()
         probs = self.probabilities(volume_czyx, progress)
         t2 = time.perf_counter()
