@@ -159,6 +159,7 @@ class PostprocessConfig:
     nms_radius_factor: float
     min_size_vox: int
     merge_factor: Optional[float]
+    subvoxel: bool
 
 
 @dataclass

@@ -16,7 +16,7 @@ classes: [apo-ferritin, beta-amylase, ...]
 input: {channels: [denoised], level: 0, clip_percentiles: [0.5, 99.5], nan_policy: error}
 tiling: {tile_zyx: [96, 256, 256], overlap: 0.25, blend: gaussian, batch_size: 2}
 tta: flips_rot90                      # a preset or a list of transforms
-peaks: {method: maxpool, nms_radius_factor: 0.5, min_size_vox: 0, merge_factor: 0.5}
+peaks: {method: maxpool, nms_radius_factor: 0.5, min_size_vox: 0, merge_factor: 0.5, subvoxel: true}
 thresholds: thresholds.json           # or null (default thresholds)
 ```
 
@@ -90,6 +90,7 @@ class PeakSpec:
     nms_radius_factor: float
     min_size_vox: int
     merge_factor: Optional[float]
+    subvoxel: bool
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pytest
 
 from czii.simulate import DEFAULT_REAL_PICKS_CSV
 from czii.data import Dataset, Volume, open_dataset
-from czii.formats.omezarr import downsample2, write_ome_zarr
+from czii.formats.omezarr import downsample2, read_ome_zarr, write_ome_zarr
 from czii.formats.picks_json import picks_document, read_picks_json, write_picks_json
 from czii.errors import ConfigError, DataError
 from czii.particles import PARTICLE_NAMES
@@ -229,6 +229,20 @@ def test_pyramid_levels_have_halved_shapes_and_downsampled_data(kaggle):
         assert ds.tomogram_shape("TS_5_4", level=level) == vol.data.shape == tuple(s // 2**level for s in SHAPE_ZYX)
         np.testing.assert_allclose(vol.data, expected, rtol=1e-6)
         assert vol.spacing_zyx_A == pytest.approx((SPACING_A * 2**level,) * 3)
+
+
+def test_coarser_levels_keep_a_particle_where_their_metadata_puts_it(tmp_path):
+    # a blob centred at level-0 voxel (20, 31, 34); every level's scale-only metadata must place it at the
+    # same Å position (a 2×2×2 block mean would move it by half a level-0 voxel per axis at level 1)
+    zyx = np.indices((48, 64, 72)).astype(np.float64)
+    centre = np.array([20.0, 31.0, 34.0])
+    blob = np.exp(-((zyx - centre[:, None, None, None]) ** 2).sum(0) / (2 * 3.0**2)).astype(np.float32)
+    write_ome_zarr(tmp_path / "blob.zarr", blob, 10.0)
+    for level in (0, 1, 2):
+        data, spacing = read_ome_zarr(tmp_path / "blob.zarr", level)
+        weights = np.clip(data - 0.05 * data.max(), 0, None)
+        centroid_vox = np.array([(np.indices(data.shape)[a] * weights).sum() / weights.sum() for a in range(3)])
+        np.testing.assert_allclose(centroid_vox * np.array(spacing), centre * 10.0, atol=1.0, err_msg=f"level {level}")
 
 
 def test_write_picks_round_trips_through_copick(kaggle):

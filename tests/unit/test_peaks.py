@@ -48,6 +48,24 @@ def test_maxpool_finds_planted_blobs_at_their_angstrom_positions():
         assert row["score"] == pytest.approx(expected_peak, rel=1e-6)
 
 
+def test_subvoxel_refinement_moves_a_peak_to_its_off_grid_centre():
+    shape = (20, 28, 36)
+    centres = [(5.3, 9.0, 27.45), (14.0, 20.8, 8.2)]  # off the voxel grid by up to 0.45 voxel
+    probs = np.maximum(*(_blob(shape, c, 1.2, a) for c, a in zip(centres, (0.9, 0.7))))[None].astype(np.float32)
+    probs[0, 0, 0, 0] = 0.95  # a peak in the corner: no neighbours on the low side, left where it is
+    kwargs = dict(thresholds=0.3, run="TS_1", merge_factor=None)
+    rounded = detect_peaks(probs, ["ribosome"], SPACING_ZYX_A, **kwargs)
+    refined = detect_peaks(probs, ["ribosome"], SPACING_ZYX_A, subvoxel=True, **kwargs)
+    assert len(refined) == len(rounded) == 3
+    np.testing.assert_array_equal(refined["score"], rounded["score"])  # scores (and so tuning) are unchanged
+    xyz = refined[["x", "y", "z"]].to_numpy(float)
+    np.testing.assert_allclose(xyz[0], [0, 0, 0], atol=1e-9)
+    for i, centre in enumerate(centres, start=1):
+        error_A = np.abs(xyz[i] - _xyz_A(centre))
+        assert np.all(error_A < 0.1 * np.array(SPACING_ZYX_A)[::-1]), (centre, error_A)
+        assert np.abs(rounded[["x", "y", "z"]].to_numpy(float)[i] - _xyz_A(centre)).max() > 2.0  # rounding was off
+
+
 def test_close_blobs_of_a_small_class_merge_or_resolve_with_the_kernel():
     # apo-ferritin radius 60 Å at 10.012444 Å/voxel: nms_radius_factor 0.5 → half-width 3 voxels
     shape = (16, 16, 32)

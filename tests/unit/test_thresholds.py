@@ -14,7 +14,9 @@ from czii.cli import main
 from czii.errors import ConfigError, DataError
 from czii.metric import score as metric_score
 from czii.particles import BY_NAME, PARTICLE_NAMES, PARTICLES, TOTAL_WEIGHT
-from czii.postprocess.thresholds import class_curves, cross_fitted_score, score_at, tune_run_dir, tune_thresholds
+from czii.postprocess.thresholds import (
+    TOLERANCE, class_curves, cross_fitted_score, score_at, tune_run_dir, tune_thresholds,
+)
 from czii.predictor import DEFAULT_THRESHOLDS, load_thresholds, save_thresholds
 
 COLS = ["experiment", "particle_type", "x", "y", "z"]
@@ -137,13 +139,32 @@ def test_class_curves_equal_brute_force_at_every_threshold(synthetic):
 
 def test_tuned_thresholds_beat_every_threshold_of_a_fine_grid(synthetic):
     cands, truth = synthetic
-    tuned = tune_thresholds(cands, truth)
-    tuned_counts = _brute_counts(cands, truth, _rows_for(tuned))
-    for name in ["apo-ferritin", "beta-galactosidase", "virus-like-particle"]:
-        best_on_grid = max(
-            _f4(*_brute_counts(cands, truth, lambda n, run: t, [name])[name]) for t in np.linspace(0, 1, 101)
-        )
-        assert _f4(*tuned_counts[name]) >= best_on_grid - 1e-12
+    exact = tune_thresholds(cands, truth, tolerance=0)
+    exact_counts = _brute_counts(cands, truth, _rows_for(exact))
+    tolerant = tune_thresholds(cands, truth)  # the default: lowest threshold within TOLERANCE of the best
+    tolerant_counts = _brute_counts(cands, truth, _rows_for(tolerant))
+    grid = np.linspace(0, 1, 101)
+    for name in sorted(set(truth.particle_type)):
+        f_grid = np.array([_f4(*_brute_counts(cands, truth, lambda n, run: t, [name])[name]) for t in grid])
+        assert _f4(*exact_counts[name]) >= f_grid.max() - 1e-12
+        f_tolerant = _f4(*tolerant_counts[name])
+        assert f_tolerant >= _f4(*exact_counts[name]) - TOLERANCE - 1e-12
+        assert tolerant[name] <= exact[name]
+
+
+def test_tolerance_trades_a_little_f_beta_for_a_lower_threshold():
+    # 10 ribosome truths: 9 hits at 0.8, 1 hit at 0.3; 21 FPs at 0.31.
+    # keep > 0.31: P=1, R=.9 → F4 .905 (the best); keep >= 0.3: P=10/31, R=1 → .890; between: .805
+    c, t = _planted("r1", "ribosome", 10, [0.8] * 9 + [0.3], [0.31] * 21)
+    f_best, f_low = _f4(9, 0, 1), _f4(10, 21, 0)
+    assert f_best - 0.03 < f_low < f_best - 0.01
+    assert 0.31 < tune_thresholds(c, t, tolerance=0)["ribosome"] <= 0.8  # exact argmax
+    assert 0.31 < tune_thresholds(c, t, tolerance=0.01)["ribosome"] <= 0.8  # .890 is not within 0.01
+    assert TOLERANCE == 0.03 and tune_thresholds(c, t)["ribosome"] == pytest.approx(0.3)  # the default goes low
+    table = score_at(c, t, tune_thresholds(c, t)).per_class.set_index("particle_type")
+    assert table.loc["ribosome", "f_beta"] == pytest.approx(f_low) and table.loc["ribosome", "recall"] == 1.0
+    with pytest.raises(ConfigError, match="tolerance"):
+        tune_thresholds(c, t, tolerance=-0.1)
 
 
 def _planted(run: str, name: str, n_truth: int, tp_scores, fp_scores, x0: float = 0.0):
@@ -163,7 +184,7 @@ def test_tuning_recovers_a_planted_optimum():
     c2, t2 = _planted("r1", "thyroglobulin", 10, list(np.linspace(0.6, 0.9, 8)) + [0.3, 0.3], [0.32] * 200, x0=20000)
     cands, truth = pd.concat([c1, c2]), pd.concat([t1, t2])
 
-    exact = tune_thresholds(cands, truth)
+    exact = tune_thresholds(cands, truth, tolerance=0)
     assert 0.10 < exact["apo-ferritin"] <= 0.30
     assert exact["apo-ferritin"] == pytest.approx(0.20)  # midpoint of the optimal gap
     assert 0.32 < exact["thyroglobulin"] <= 0.6
@@ -171,7 +192,7 @@ def test_tuning_recovers_a_planted_optimum():
     assert table.loc["apo-ferritin", "f_beta"] == pytest.approx(_f4(10, 20, 0))
     assert table.loc["thyroglobulin", "f_beta"] == pytest.approx(_f4(8, 0, 2))
 
-    on_grid = tune_thresholds(cands, truth, grid=np.round(np.arange(0, 1.0001, 0.05), 2))
+    on_grid = tune_thresholds(cands, truth, grid=np.round(np.arange(0, 1.0001, 0.05), 2), tolerance=0)
     assert on_grid["apo-ferritin"] in (0.15, 0.2, 0.25, 0.3)
     assert on_grid["apo-ferritin"] == 0.15  # ties go to the lowest threshold
     # classes without truth keep the default

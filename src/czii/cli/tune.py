@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="tune on folds whose training did not run every planned epoch (recorded in the file)")
     add_device_argument(parser)
+    parser.add_argument("--tolerance", type=float, default=None, metavar="F",
+                        help="F-beta a class may give up for a lower, recall-side threshold (default "
+                             "czii.postprocess.thresholds.TOLERANCE = 0.03; 0 = the exact argmax)")
     parser.add_argument(
         "--grid",
         type=_grid,
@@ -66,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
         spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=chosen_device(args))
         print(f"re-predicted the out-of-fold runs under predictor spec {spec.hash}")
-    rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid, allow_unfinished=args.allow_unfinished)
+    from czii.postprocess.thresholds import TOLERANCE
+
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid, allow_unfinished=args.allow_unfinished,
+                       tolerance=tolerance)
     n_runs = sum(len(r) for r in rep.folds.values())
     print(
         f"{args.run_dir}: {len(rep.folds)} fold(s), {n_runs} runs, "

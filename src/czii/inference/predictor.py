@@ -128,7 +128,7 @@ class Predictor:
         p = self.spec.peaks
         return detect_peaks(probs_czyx, self.spec.classes, spacing_zyx_A, thresholds=thresholds, run=run,
                             method=p.method, nms_radius_factor=p.nms_radius_factor, min_size_vox=p.min_size_vox,
-                            merge_factor=p.merge_factor)
+                            merge_factor=p.merge_factor, subvoxel=p.subvoxel)
 
     def predict_run(self, dataset: Dataset | TomogramFolder, run: str, thresholds: float | Mapping[str, float],
                     progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
