@@ -420,7 +420,8 @@ def _ensemble_yaml(members: Sequence[EnsembleMemberRow], yaml_path: Path, oof_di
         (f"out-of-fold over {len(members[0].folds)} folds: default {tune.score_default:.4f}, "
          f"tuned in-sample {tune.score_in_sample:.4f}, tuned cross-fitted {cross} (honest)"),
     ]
-    return spec_yaml(_ensemble_spec(members, None, oof_dir / "thresholds.json"), yaml_path.parent, header)
+    spec = Predictor.load(_ensemble_spec(members, None, oof_dir / "thresholds.json"), "cpu").spec  # + voxel size
+    return spec_yaml(spec, yaml_path.parent, header)
 
 
 def build_ensemble(

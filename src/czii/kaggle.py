@@ -412,7 +412,7 @@ def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: 
     spec, check, unfinished = resolve_predictor(models, tta=tta, thresholds=thresholds,
                                                 allow_spec_mismatch=allow_spec_mismatch,
                                                 allow_unfinished=allow_unfinished)
-    Predictor.load(spec, "cpu")
+    spec = Predictor.load(spec, "cpu").spec  # with the members' voxel size recorded
     if check.thresholds is None:
         print(f"note: no thresholds file with {models}; shipping the defaults (tune them with `czii tune`, "
               "or pass --thresholds)", file=sys.stderr)

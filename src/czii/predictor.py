@@ -13,7 +13,8 @@ YAML file (an *ensemble YAML*, ``inference.yaml`` of the Kaggle dataset):
 ```yaml
 members: [{checkpoint: fold0/checkpoints/best.pt, weight: 1.0}]   # paths relative to the YAML
 classes: [apo-ferritin, beta-amylase, ...]
-input: {channels: [denoised], level: 0, clip_percentiles: [0.5, 99.5], nan_policy: error}
+input: {channels: [denoised], level: 0, clip_percentiles: [0.5, 99.5], nan_policy: error,
+        spacing_zyx_A: [10.012, 10.012, 10.012]}   # the members' voxel size (null: from their checkpoints)
 tiling: {tile_zyx: [96, 256, 256], overlap: 0.25, blend: gaussian, batch_size: 2}
 tta: flips_rot90                      # a preset or a list of transforms
 peaks: {method: maxpool, nms_radius_factor: 0.5, min_size_vox: 0, merge_factor: 0.5, subvoxel: true}
@@ -25,7 +26,12 @@ name the key and file). The *score hash* (:func:`spec_hash`) covers everything t
 probabilities or picks of given weights: classes, input recipe, tile, overlap, blend, TTA and peak
 settings; not the members (out-of-fold candidates come from one fold's model, the shipped
 predictor averages all folds; the ensemble builder weights its out-of-fold models as it ships
-them), the batch size or the thresholds. ``thresholds.json`` (written by ``czii tune``) records the
+them), the batch size or the thresholds. Nor does it cover ``input.spacing_zyx_A``, the voxel size (Å)
+the members were trained at and every input is resampled to: that is the members' property (their
+checkpoints record it); :class:`czii.inference.Predictor` fills it in from them when the spec leaves it
+null, refuses a spec whose value differs from theirs (both numbers named), and every spec written from a
+loaded predictor (out-of-fold ``spec.json`` → ``thresholds.json``, the Kaggle ``inference.yaml``, ensemble
+YAMLs) records it. ``thresholds.json`` (written by ``czii tune``) records the
 hash and recipe it was tuned under; :func:`check_thresholds` refuses a spec whose hash differs.
 The thresholds file format lives here too (:func:`save_thresholds`, :func:`load_thresholds_doc`,
 :data:`DEFAULT_THRESHOLDS`), so reading a spec and its thresholds needs neither torch nor pandas.
@@ -74,6 +80,7 @@ class InputSpec:
     level: int
     clip_percentiles: list[float]
     nan_policy: str
+    spacing_zyx_A: Optional[list[float]]  # the members' voxel size (Å); None: read from their checkpoints
 
 
 @dataclass
@@ -123,6 +130,7 @@ def _scored(recipe_doc: dict[str, Any]) -> dict[str, Any]:
     doc = json.loads(json.dumps(recipe_doc))
     doc["tiling"].pop("batch_size", None)
     doc["input"].pop("nan_policy", None)
+    doc["input"].pop("spacing_zyx_A", None)
     return doc
 
 
@@ -168,6 +176,9 @@ def check_spec(spec: PredictorSpec, where: str) -> PredictorSpec:
         raise fail("input.nan_policy", f"expected 'error' or 'repair', got {spec.input.nan_policy!r}")
     if spec.input.level < 0:
         raise fail("input.level", f"must be >= 0, got {spec.input.level}")
+    spacing = spec.input.spacing_zyx_A
+    if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing)):
+        raise fail("input.spacing_zyx_A", f"expected three positive voxel sizes in Å (z, y, x) or null, got {spacing}")
     clip = spec.input.clip_percentiles
     if len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 100:
         raise fail("input.clip_percentiles", f"expected [low, high] with 0 <= low < high <= 100, got {clip}")
@@ -220,7 +231,8 @@ def spec_from_config(config: Config, members: Sequence[tuple[str | os.PathLike, 
         "classes": list(config.data.classes),
         "input": {"channels": list(config.data.input_channels), "level": config.data.level,
                   "clip_percentiles": list(config.data.normalisation.clip_percentiles),
-                  "nan_policy": config.data.nan_policy},
+                  "nan_policy": config.data.nan_policy,
+                  "spacing_zyx_A": None if config.data.spacing_A is None else [float(config.data.spacing_A)] * 3},
         "tiling": {"tile_zyx": list(config.infer.tile_zyx), "overlap": config.infer.overlap,
                    "blend": config.infer.blend, "batch_size": config.infer.batch_size},
         "tta": list(resolve_tta(config.infer.tta)),

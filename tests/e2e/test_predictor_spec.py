@@ -101,6 +101,37 @@ def test_tune_set_repredicts_the_oof_runs_under_the_new_spec(trained, tiny_sim, 
     assert "need `czii train`" in capsys.readouterr().err
 
 
+def test_the_spec_records_the_members_voxel_size_and_refuses_another(trained, tiny_sim, tmp_path, capsys):
+    import dataclasses
+
+    from czii.models import read_checkpoint
+    from czii.predictor import load_spec, save_spec
+
+    trained_at = read_checkpoint(trained / "fold0" / "checkpoints" / "best.pt")["spacing_zyx_A"]
+    assert trained_at == pytest.approx([2 * 10.012] * 3, rel=1e-3)  # cpu_tiny: level 1 of the 10.012 Å data
+    # the out-of-fold spec, and so the thresholds file's recipe, record it
+    recorded = json.loads((trained / "thresholds.json").read_text())["spec"]["input"]["spacing_zyx_A"]
+    assert recorded == pytest.approx(trained_at)
+    spec = resolve_spec(trained)
+    assert spec.input.spacing_zyx_A == pytest.approx(trained_at)
+    # a spec YAML that says another voxel size is refused with both numbers, and writes nothing
+    wrong = dataclasses.replace(spec, input=dataclasses.replace(spec.input, spacing_zyx_A=[13.48] * 3))
+    assert wrong.hash == spec.hash  # the members' property, checked against them rather than hashed
+    save_spec(wrong, tmp_path / "wrong.yaml")
+    out = tmp_path / "out" / "sub.csv"
+    assert main(["infer", "--models", str(tmp_path / "wrong.yaml"), "--data", str(tiny_sim.copick_config),
+                 "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "13.48" in err and f"{trained_at[0]}" in err and "spacing_zyx_A" in err
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    # null is filled in from the members
+    unknown = dataclasses.replace(spec, input=dataclasses.replace(spec.input, spacing_zyx_A=None))
+    save_spec(unknown, tmp_path / "unknown.yaml")
+    from czii.inference import Predictor
+
+    assert Predictor.load(load_spec(tmp_path / "unknown.yaml")).spec.input.spacing_zyx_A == pytest.approx(trained_at)
+
+
 def test_python_dash_m_czii_and_a_torch_free_config():
     proc = subprocess.run([sys.executable, "-m", "czii", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "infer" in proc.stdout and "usage: czii" in proc.stdout

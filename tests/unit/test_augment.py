@@ -96,6 +96,18 @@ def test_intensity_augmentations_toggle_and_change_the_input():
     assert out.shape == x.shape and not torch.allclose(out, x)
 
 
+def test_noise_lowers_the_snr_at_unit_variance():
+    signal = torch.randn(1, 16, 32, 32)
+    noisy = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.4)
+    sigmas = []
+    for seed in range(20):
+        out = augment_intensity(signal, np.random.default_rng(seed), noisy)
+        assert float(out.var()) == pytest.approx(1.0, abs=0.08)  # still z-scored
+        kept = float((out * signal).mean() / signal.var())  # the share of the signal left: 1 / sqrt(1 + σ²)
+        sigmas.append(np.sqrt(1 / kept**2 - 1))
+    assert 0 <= min(sigmas) and max(sigmas) <= 2.0 + 0.1 and np.ptp(sigmas) > 0.5  # σ drawn from U(0, 2)
+
+
 def test_intensity_ramp_is_linear_in_y_x_constant_in_z_and_bounded():
     x = torch.zeros(1, 4, 9, 11)
     ramp = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.8, 0.0, 0.0, 0.4)

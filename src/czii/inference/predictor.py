@@ -38,6 +38,24 @@ def ensemble_member(model: torch.nn.Module, meta: dict[str, Any], *, weight: flo
                           activation=meta["activation"], weight=weight, stride=int(meta["stride"]), name=name)
 
 
+def _members_spacing(names: Sequence[str], metas: Sequence[dict], recorded: Sequence[float] | None
+                     ) -> list[float] | None:
+    """The voxel size the members were trained at (from their metadata, else the spec's ``recorded`` value);
+    ConfigError when members disagree with each other or with the spec."""
+    known = [(name, [float(v) for v in meta["spacing_zyx_A"]]) for name, meta in zip(names, metas)
+             if meta.get("spacing_zyx_A") is not None]
+    for name, spacing in known[1:]:
+        if not same_spacing(spacing, known[0][1]):
+            raise ConfigError(f"ensemble members were trained at different voxel sizes: {known[0][0]} at "
+                              f"{known[0][1]} Å, {name} at {spacing} Å")
+    if recorded is not None and known and not same_spacing(recorded, known[0][1]):
+        raise ConfigError(f"the predictor spec says input.spacing_zyx_A {list(recorded)} Å, but member "
+                          f"{known[0][0]} was trained at {known[0][1]} Å")
+    if known:
+        return known[0][1]
+    return None if recorded is None else [float(v) for v in recorded]
+
+
 def checkpoints_spec(paths: Sequence[str | Path]) -> PredictorSpec:
     """The spec of checkpoint files at equal weights, with the first one's saved config and no thresholds."""
     ckpt = read_checkpoint(paths[0])
@@ -86,21 +104,17 @@ class Predictor:
             if bad:
                 raise ConfigError(f"tiling.tile_zyx {spec.tiling.tile_zyx}: every side must be a multiple of member "
                                   f"{m.name!r}'s stride {m.stride}")
-        return cls(spec, list(members), list(metas or [{} for _ in members]), torch.device(device))
+        metas = list(metas or [{} for _ in members])
+        spacing = _members_spacing([m.name for m in members], metas, spec.input.spacing_zyx_A)
+        spec = dataclasses.replace(spec, input=dataclasses.replace(spec.input, spacing_zyx_A=spacing))
+        return cls(spec, list(members), metas, torch.device(device))
 
     @property
     def spacing_zyx_A(self) -> tuple[float, float, float] | None:
-        """The voxel size (Å) the members were trained at (None for checkpoints that predate recording it);
-        ConfigError when members disagree."""
-        recorded = [(m.checkpoint, meta.get("spacing_zyx_A")) for m, meta in zip(self.spec.members, self.metas)]
-        known = [(name, tuple(float(v) for v in s)) for name, s in recorded if s is not None]
-        if not known:
-            return None
-        for name, spacing in known[1:]:
-            if not same_spacing(spacing, known[0][1]):
-                raise ConfigError(f"ensemble members were trained at different voxel sizes: {known[0][0]} at "
-                                  f"{known[0][1]} Å, {name} at {spacing} Å")
-        return known[0][1]
+        """The voxel size (Å) the members were trained at (``spec.input.spacing_zyx_A``; None for checkpoints
+        that predate recording it and a spec that does not say)."""
+        s = self.spec.input.spacing_zyx_A
+        return None if s is None else tuple(s)
 
     def plan(self, dataset: Dataset | TomogramFolder, run: str) -> InputPlan:
         """Which level of ``run`` is read and the voxel size it is predicted at (metadata only)."""

@@ -100,8 +100,10 @@ def sample_rotation_deg(rng: np.random.Generator, cfg: AugmentConfig) -> float:
 
 def augment_intensity(x: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
     """Scale by U(1 ± intensity_scale), shift by U(± intensity_shift), add a linear y-x ramp of ± U(0,
-    intensity_ramp) at the patch edges along a random direction (an ice thickness gradient), add
-    N(0, noise_std) noise. ``x`` is ``[..., Z, Y, X]``."""
+    intensity_ramp) at the patch edges along a random direction (an ice thickness gradient), and lower
+    the SNR: add N(0, σ²) noise with σ ~ U(0, noise_std) and divide by sqrt(1 + σ²), so the z-scored input keeps
+    its unit variance, as a noisier tomogram has after :func:`czii.data.normalize.normalize_volume`
+    (noise_std 1 reaches half the SNR). ``x`` is ``[..., Z, Y, X]``."""
     if cfg.intensity_scale > 0:
         x = x * float(rng.uniform(1 - cfg.intensity_scale, 1 + cfg.intensity_scale))
     if cfg.intensity_shift > 0:
@@ -113,7 +115,9 @@ def augment_intensity(x: torch.Tensor, rng: np.random.Generator, cfg: AugmentCon
         along = float(np.cos(angle)) * xx + float(np.sin(angle)) * y
         x = x + float(amplitude) * along / along.abs().max().clamp_min(1e-6)
     if cfg.noise_std > 0:
-        x = x + torch.from_numpy(rng.normal(0.0, cfg.noise_std, size=tuple(x.shape)).astype(np.float32))
+        sigma = float(rng.uniform(0.0, cfg.noise_std))
+        noise = torch.from_numpy(rng.normal(0.0, sigma, size=tuple(x.shape)).astype(np.float32))
+        x = (x + noise) / float(np.sqrt(1.0 + sigma**2))
     return x
 
 
