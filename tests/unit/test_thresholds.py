@@ -160,7 +160,7 @@ def test_tolerance_trades_a_little_f_beta_for_a_lower_threshold():
     assert f_best - 0.03 < f_low < f_best - 0.01
     assert 0.31 < tune_thresholds(c, t, tolerance=0)["ribosome"] <= 0.8  # exact argmax
     assert 0.31 < tune_thresholds(c, t, tolerance=0.01)["ribosome"] <= 0.8  # .890 is not within 0.01
-    assert TOLERANCE == 0.03 and tune_thresholds(c, t)["ribosome"] == pytest.approx(0.3)  # the default goes low
+    assert TOLERANCE >= 0.02 and tune_thresholds(c, t)["ribosome"] == pytest.approx(0.3)  # the default goes low
     table = score_at(c, t, tune_thresholds(c, t)).per_class.set_index("particle_type")
     assert table.loc["ribosome", "f_beta"] == pytest.approx(f_low) and table.loc["ribosome", "recall"] == 1.0
     with pytest.raises(ConfigError, match="tolerance"):

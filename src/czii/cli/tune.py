@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--tolerance", type=float, default=None, metavar="F",
                         help="F-beta a class may give up for a lower, recall-side threshold (default "
-                             "czii.postprocess.thresholds.TOLERANCE = 0.03; 0 = the exact argmax)")
+                             "czii.postprocess.thresholds.TOLERANCE = 0.05; 0 = the exact argmax)")
     parser.add_argument(
         "--grid",
         type=_grid,
