@@ -51,6 +51,7 @@ test-all: $(STAMP) ## run every test, slow ones included (not gpu)
 
 # The demo: with no DATA, a simulated dataset and the CPU config; with DATA=<Kaggle dir>, the real pipeline (GPU config).
 DEMO_RUN := $(WORK)/runs/demo
+DEMO_CONFIG := configs/cpu_15min.yaml
 REAL_CONFIG ?= configs/resnet34.yaml
 REAL_EXP := $(basename $(notdir $(REAL_CONFIG)))
 
@@ -58,8 +59,8 @@ demo: $(STAMP) ## the main job: simulate → train 2 folds → tune → infer wi
 ifeq ($(DATA),)
 	$(CZII) simulate --out $(WORK)/sim --preset small --overwrite
 	rm -rf $(DEMO_RUN)
-	$(CZII) train --config configs/cpu_tiny.yaml --fold 0 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
-	$(CZII) train --config configs/cpu_tiny.yaml --fold 1 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
+	$(CZII) train --config $(DEMO_CONFIG) --fold 0 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
+	$(CZII) train --config $(DEMO_CONFIG) --fold 1 --out $(DEMO_RUN) --data $(WORK)/sim/copick_config.json $(DEVICE_ARG)
 	$(CZII) tune --run-dir $(DEMO_RUN)
 	$(CZII) infer --models $(DEMO_RUN) --data $(WORK)/sim/kaggle --split test --out submissions/demo.csv --overwrite $(DEVICE_ARG)
 	$(CZII) score --submission submissions/demo.csv --solution $(WORK)/sim/kaggle/solution.csv

@@ -83,9 +83,11 @@ SAVED_POST = dataclasses.asdict(load_config(CPU_TINY).postprocess)  # what every
 
 
 def assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    # sub-voxel peak positions follow the probabilities continuously: float32 summation order (tile batch
+    # size, TTA order) moves them by ~1e-4 Å, so coordinates agree to 1e-3 Å
     assert len(expected) > 0
     pd.testing.assert_frame_equal(actual.reset_index(drop=True), expected.reset_index(drop=True),
-                                  check_exact=False, rtol=1e-9, check_dtype=False)
+                                  check_exact=False, rtol=0, atol=1e-3, check_dtype=False)
 
 
 def test_cli_infer_kaggle_test_split_writes_submission_and_manifest(tiny_sim, ckpts, tmp_path, cache, capsys):

@@ -276,10 +276,12 @@ def run_inference(
         by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
         for run in selected if ctx.is_main else ():
             plan = by_run[run][1]["input"]
+            trained_at = predictor.spacing_zyx_A
             if plan["resampled"] or plan["level"] != spec.input.level:
+                where = f"level {spec.input.level}" + ("" if trained_at is None else f", {trained_at[-1]:.4g} Å voxels")
                 print(f"note: run {run!r}: read level {plan['level']} at {plan['source_spacing_zyx_A'][-1]:.4g} Å and "
                       f"predicted at {plan['spacing_zyx_A'][-1]:.4g} Å (factor {plan['factor']:.4g}; the models were "
-                      f"trained at level {spec.input.level}); recorded in the manifest", file=sys.stderr)
+                      f"trained at {where}); recorded in the manifest", file=sys.stderr)
         picks = pd.concat([by_run[run][0] for run in selected], ignore_index=True)
         scored = to_submission(picks, keep_score=True)
         submission = scored[list(SUBMISSION_COLUMNS)]
@@ -294,7 +296,7 @@ def run_inference(
             "out_csv": str(out_csv),
             "models": [str(m) for m in ([models] if isinstance(models, (str, Path)) else models)],
             "spec_hash": spec.hash,
-            "spec": dataclasses.asdict(spec),
+            "spec": dataclasses.asdict(predictor.spec),  # with the members' voxel size
             "checkpoints": [
                 {"path": m.checkpoint, "sha256": sha256_file(m.checkpoint), "weight": m.weight,
                  "epoch": meta.get("epoch"), "val_score": meta.get("val_score")}
