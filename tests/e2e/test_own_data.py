@@ -193,6 +193,24 @@ def test_training_at_a_chosen_voxel_size_resamples_and_inference_follows(tiny_si
     assert facts["factor"] == pytest.approx(10.0124 / 16.0, rel=1e-4)
 
 
+def test_training_runs_at_different_voxel_sizes_are_refused_without_a_training_voxel_size(
+        tiny_sim, tmp_path, capsys):
+    data = tmp_path / "kaggle"
+    shutil.copytree(tiny_sim.kaggle_dir, data, symlinks=True)
+    other = tiny_sim.train_runs[-1]
+    zattrs = data / "train" / "static" / "ExperimentRuns" / other / "VoxelSpacing10.000" / "denoised.zarr" / ".zattrs"
+    doc = json.loads(zattrs.read_text())
+    for level in doc["multiscales"][0]["datasets"]:
+        level["coordinateTransformations"][0]["scale"] = [1.348 * s for s in level["coordinateTransformations"][0]["scale"]]
+    zattrs.write_text(json.dumps(doc))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--out", str(run_dir), "--config", str(CPU_TINY), "--data", str(data),
+                 "--device", "cpu", "--set", *SETS]) == 2
+    err = capsys.readouterr().err
+    assert repr(other) in err and "26.99 Å" in err and "20.02 Å" in err and "data.spacing_A" in err
+    assert not (run_dir / "fold0" / "checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_binned_mrc_scores_like_the_native_tomograms(tmp_path):
     """A model that has learned something (cpu_tiny, 4 min on the "small" preset) predicts the same 6 held-out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from czii.config import Config, resolve_folds
 from czii.data import Dataset, open_dataset
 from czii.data.normalize import load_run_input
 from czii.errors import ConfigError, CziiError
-from czii.geometry import xyz_A_to_zyx_vox
+from czii.geometry import same_spacing, xyz_A_to_zyx_vox
 from czii.particles import BY_NAME, known_names
 from czii.training.augment import (
     SpatialAug,
@@ -104,6 +105,17 @@ def load_input(config: Config, dataset: Dataset, run: str) -> tuple[np.ndarray, 
     return load_run_input(dataset, run, config.data.input_channels, level=config.data.level,
                           clip_percentiles=config.data.normalisation.clip_percentiles,
                           nan_policy=config.data.nan_policy, target_spacing_zyx_A=target)
+
+
+def check_one_spacing(runs: Sequence[tuple[str, Sequence[float]]], level: int) -> None:
+    """ConfigError naming two runs when the training and validation runs come at different voxel sizes (read
+    at ``data.level`` with no ``data.spacing_A``): a model must see every run at one voxel size."""
+    for run, spacing in runs[1:]:
+        if not same_spacing(spacing, runs[0][1]):
+            raise ConfigError(
+                f"runs {runs[0][0]!r} ({runs[0][1][-1]:.4g} Å) and {run!r} ({spacing[-1]:.4g} Å) have different "
+                f"voxel sizes at pyramid level {level}; set data.spacing_A to train at one voxel size (every run "
+                "is resampled to it)")
 
 
 def class_picks(config: Config, dataset: Dataset, run: str) -> pd.DataFrame:

@@ -49,7 +49,7 @@ from czii.models import build_model, output_channels, read_checkpoint, save_chec
 from czii.particles import particle_records
 from czii.rundir import RunDir, write_status
 from czii.training.augment import mixup
-from czii.training.data import FoldSplit, PatchDataset, load_runs, open_sources, split_fold
+from czii.training.data import FoldSplit, PatchDataset, check_one_spacing, load_runs, open_sources, split_fold
 from czii.training.oof import ValRun, load_val_runs, shipped_oof, validate
 from czii.training.losses import HeatmapLoss, activation_for
 from czii.training.optim import copy_buffers, ema_update, ema_warmup_decay, lr_factor, plan_epochs
@@ -250,6 +250,8 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
     split = split_fold(config, datasets, fold)
     runs = load_runs(config, datasets, split.train, progress=ctx.is_main)
     val_runs: list[ValRun] = load_val_runs(config, datasets, fold) if ctx.is_main else []
+    check_one_spacing([(r.run, r.spacing_zyx_A) for r in runs] + [(v.run, v.spacing_zyx_A) for v in val_runs],
+                      config.data.level)
 
     trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled,
                       spacing_zyx_A=runs[0].spacing_zyx_A if runs else None)
