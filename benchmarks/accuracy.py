@@ -7,7 +7,7 @@
    ``shifted`` (8, particle contrast × 0.8, an ice thickness ramp of ± 1 std, intensity scale
    ~1e-5 with an offset of 20–60 × the scale), ``crowded`` (4, twice the particle density) and
    ``full`` (one 184×630×630 tomogram, the real size at level 0, real density). Each is simulated
-   once into ``--work`` and reused while its settings hold.
+   once into ``--work`` and reused while its settings and the simulator version hold.
 2. Trains ``--folds`` folds of the config (the training runs split in order) under a total budget of
    ``--minutes`` (``train.max_minutes`` = minutes / folds per fold; data loading and the
    out-of-fold pass come on top and are timed apart), tunes the thresholds on the out-of-fold
@@ -32,7 +32,7 @@ import torch
 
 from czii.config import load_config, with_data_paths
 from czii.data import load_solution
-from czii.simulate import SimConfig, simulate_dataset
+from czii.simulate import SIMULATOR_VERSION, SimConfig, simulate_dataset
 from czii.inference import run_inference
 from czii.metric import score
 from czii.postprocess.thresholds import tune_run_dir
@@ -59,7 +59,8 @@ def _simulate(folder: Path, overrides: dict) -> Path:
     """``folder`` holding the "small" preset with ``overrides`` (simulated once, then reused while its config holds)."""
     config = SimConfig.preset("small", **overrides)
     recorded = folder / "simulation.json"
-    if not recorded.is_file() or json.loads(recorded.read_text())["config"] != config.to_dict():
+    previous = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    if previous.get("config") != config.to_dict() or previous.get("simulator_version") != SIMULATOR_VERSION:
         simulate_dataset(folder, config, overwrite=True, progress=False)
     return folder
 

@@ -108,6 +108,7 @@ class ModelConfig:
     encoder_depth: int
     decoder_channels: list[int]
     decoder_attention_type: Optional[Literal["scse"]]
+    input_stride: Literal[1, 2] = 1  # 2: 2×2×2 voxel blocks become channels (see czii.models)
 
 
 @dataclass
@@ -410,12 +411,12 @@ def _validate(config: Config, origins: _Origins) -> None:
     if len(config.model.decoder_channels) != config.model.encoder_depth:
         raise fail("model.decoder_channels", f"needs one entry per encoder stage ({config.model.encoder_depth}), "
                    f"got {len(config.model.decoder_channels)}")
-    net_stride = network_stride(config.model.encoder_depth)
+    net_stride = network_stride(config.model.encoder_depth, config.model.input_stride)
     for key, sides in (("patch.size_zyx", config.patch.size_zyx), ("val.tile_zyx", config.val.tile_zyx),
                        ("infer.tile_zyx", config.infer.tile_zyx)):
         if len(sides) != 3 or any(s <= 0 or s % net_stride for s in sides):
             raise fail(key, f"expected 3 positive sides (z, y, x), each a multiple of the network stride "
-                       f"{net_stride} (2**model.encoder_depth), got {sides}")
+                       f"{net_stride} (model.input_stride * 2**model.encoder_depth), got {sides}")
     # names only: a class that is not CZII's is defined by the copick projects the sources open
     # (czii.training.data.check_classes), which --data may still replace
     if not config.data.classes or len(set(config.data.classes)) != len(config.data.classes) or not all(

@@ -49,9 +49,9 @@ ENCODERS: tuple[str, ...] = (
 )
 
 
-def network_stride(encoder_depth: int) -> int:
-    """Every input side must be a multiple of this (2**encoder_depth)."""
-    return 2**encoder_depth
+def network_stride(encoder_depth: int, input_stride: int = 1) -> int:
+    """Every input side must be a multiple of this (input_stride * 2**encoder_depth)."""
+    return input_stride * 2**encoder_depth
 
 
 def tta_steps(name: str) -> tuple[str, ...]:

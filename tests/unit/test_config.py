@@ -99,6 +99,11 @@ def test_patch_sides_must_be_multiples_of_the_stride():
     assert "patch.size_zyx" in str(exc.value) and "16" in str(exc.value)
     load_config(BASE, ["model.encoder_depth=3", "model.decoder_channels=[32, 16, 8]", "patch.size_zyx=[40, 64, 64]",
                        "val.tile_zyx=[40, 64, 64]", "infer.tile_zyx=[40, 64, 64]"])
+    with pytest.raises(ConfigError, match=r"patch\.size_zyx.*multiple of the network stride 16 \(model\.input_stride"):
+        load_config(BASE, ["model.encoder_depth=3", "model.decoder_channels=[32, 16, 8]", "model.input_stride=2",
+                           "patch.size_zyx=[40, 64, 64]"])
+    with pytest.raises(ConfigError, match="model.input_stride"):
+        load_config(BASE, ["model.input_stride=3"])
 
 
 def test_unknown_encoder_and_loss_are_rejected():

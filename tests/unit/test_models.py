@@ -12,7 +12,7 @@ from czii.config import ModelConfig, load_config
 from czii.errors import ConfigError, DataError
 from czii.inference import predict_volume
 from czii.inference.predictor import ensemble_member
-from czii.models import build_model, load_checkpoint, save_checkpoint, stride
+from czii.models import Unet3d, build_model, load_checkpoint, save_checkpoint, space_to_depth, stride
 
 SMALL = ModelConfig(encoder_name="resnet18", encoder_depth=2, decoder_channels=[16, 8], decoder_attention_type=None)
 
@@ -43,6 +43,40 @@ def test_output_shape_and_every_parameter_trains(depth, channels):
     y.square().mean().backward()
     unused = [name for name, p in model.named_parameters() if p.grad is None]
     assert unused == []
+
+
+def test_input_stride_2_keeps_the_input_size_and_trains_every_parameter():
+    cfg = ModelConfig("resnet18", 2, [16, 8], None, input_stride=2)
+    assert stride(cfg) == 8
+    model = build_model(cfg, in_channels=2, out_channels=3)
+    assert model.encoder.conv1.in_channels == 16  # 2 channels × 8 voxels of a block
+    y = model(torch.randn(2, 2, 16, 24, 32))
+    assert y.shape == (2, 3, 16, 24, 32)
+    y.square().mean().backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
+class _Features(torch.nn.Module):
+    def forward(self, x):
+        return [x]
+
+
+class _ChannelMean(torch.nn.Module):
+    def forward(self, *features):
+        return features[-1].mean(1, keepdim=True)
+
+
+def test_space_to_depth_and_upsampling_keep_positions_on_the_input_grid():
+    """Block means (space-to-depth, then the mean of a block's channels) upsampled back must give a
+    linear field again where it was: a half-voxel slip of the block centres would shift it by 0.5."""
+    z, y, x = np.meshgrid(np.arange(8.0), np.arange(12.0), np.arange(16.0), indexing="ij")
+    field = torch.from_numpy(3 * z - 2 * y + x).float()[None, None]
+    blocks = space_to_depth(field, 2)
+    assert blocks.shape == (1, 8, 4, 6, 8)
+    assert torch.equal(blocks[0, :, 1, 2, 3], field[0, 0, 2:4, 4:6, 6:8].reshape(-1))
+    out = Unet3d(_Features(), _ChannelMean(), torch.nn.Identity(), input_stride=2)(field)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
+    assert torch.allclose(out[inner], field[inner], atol=1e-4)
 
 
 def test_unknown_encoder_is_a_config_error():

@@ -17,7 +17,7 @@ from czii.formats.omezarr import read_ome_zarr
 from czii.formats.picks_json import picks_document, read_picks_json, write_picks_json
 from czii.simulate.imaging import TOMO_TYPES
 from czii.simulate.scene import particle_density, random_rotation
-from czii.simulate import PORTAL_OBJECT_NAMES, SimConfig, simulate_dataset
+from czii.simulate import PORTAL_OBJECT_NAMES, SIMULATOR_VERSION, SimConfig, simulate_dataset
 from czii.config import load_config, with_data_paths
 from czii.errors import ConfigError
 from czii.training.data import fold_runs, open_sources, split_fold
@@ -79,6 +79,7 @@ def test_layout_is_the_documented_one(tiny_sim):
     assert solution_columns == ["id", "experiment", "particle_type", "x", "y", "z"]
     simulation = json.loads((out / "simulation.json").read_text())
     assert simulation["config"] == tiny_sim.config.to_dict()
+    assert simulation["simulator_version"] == SIMULATOR_VERSION
     assert sorted(simulation["runs"]) == sorted(tiny_sim.train_runs + tiny_sim.test_runs)
     assert all({"imaging", "lamella", "particles"} <= set(p) for p in simulation["runs"].values())
 

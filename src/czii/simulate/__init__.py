@@ -77,6 +77,9 @@ from czii.io import temp_sibling
 from czii.particles import PARTICLE_NAMES, PARTICLES
 from czii.submission import SUBMISSION_COLUMNS
 
+# Recorded in simulation.json; raised whenever the same SimConfig writes different volumes.
+# 2: pyramid levels are anti-aliased subsamples that sit where their metadata says (1: block means).
+SIMULATOR_VERSION = 2
 DEFAULT_REAL_PICKS_CSV = str(Path(__file__).parent / "reference" / "train_picks.csv")
 TEST_TOMO_TYPE = "denoised"
 
@@ -405,7 +408,7 @@ def _build(tmp: Path, out_dir: Path, config: SimConfig, real: pd.DataFrame | Non
     (tmp / "kaggle").mkdir(exist_ok=True)
     solution[list(SUBMISSION_COLUMNS)].to_csv(tmp / "kaggle" / "solution.csv", index=False)
     (tmp / "copick_config.json").write_text(json.dumps(_copick_config(config, out_dir), indent=4) + "\n")
-    simulation = {"config": config.to_dict(), "train_runs": train_runs, "test_runs": test_runs, "runs": run_params}
+    simulation = {"simulator_version": SIMULATOR_VERSION, "config": config.to_dict(), "train_runs": train_runs, "test_runs": test_runs, "runs": run_params}
     (tmp / "simulation.json").write_text(json.dumps(simulation, indent=2) + "\n")
     return SimResult(out_dir, config, train_runs, test_runs, all_picks, run_params)
 
