@@ -14,9 +14,10 @@ becomes 8 channels of one voxel, the U-Net runs at twice the voxel size, and its
 upsampled ×2 (trilinear, ``align_corners=False``) back to the input grid. The geometry is exact:
 a block's centre sits half an input voxel past its first voxel, and that upsampling reads output
 voxel ``i`` at block coordinate ``i/2 - 1/4``, i.e. at input coordinate ``i``. So the network
-sees the input's fine detail (an apo-ferritin cavity, beta-galactosidase lobes at 10 Å) for about
-the compute of the coarser grid, and everything downstream (targets, tiles, peaks) stays on the
-input grid.
+sees the input's fine detail (an apo-ferritin cavity, beta-galactosidase lobes at 10 Å) with its
+body on the coarser grid, and everything downstream (targets, tiles, peaks) stays on the input
+grid. The stem takes 8× the channels and the loss runs on the input grid: on 2 CPU cores an epoch
+of ``cpu_15min`` at level 0 with it took 2.3× as long as at level 1 without it.
 
 A checkpoint (:func:`save_checkpoint`, written atomically) is a dict with ``model_config``,
 ``classes``, ``input_channels``, ``activation``, ``normalisation``, ``level``, ``stride``,
@@ -128,7 +129,8 @@ def build_model(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> 
     if len(model_cfg.decoder_channels) != depth:
         raise ConfigError(f"model.decoder_channels: needs {depth} entries (one per encoder stage), "
                           f"got {model_cfg.decoder_channels}")
-    encoder = get_encoder(name, in_channels=in_channels * model_cfg.input_stride**3, depth=depth, weights=None, strides=_STAGE_STRIDES_ZYX)
+    encoder = get_encoder(name, in_channels=in_channels * model_cfg.input_stride**3, depth=depth, weights=None,
+                          strides=_STAGE_STRIDES_ZYX)
     decoder = UnetDecoder(
         encoder_channels=encoder.out_channels,
         decoder_channels=list(model_cfg.decoder_channels),

@@ -408,7 +408,8 @@ def _build(tmp: Path, out_dir: Path, config: SimConfig, real: pd.DataFrame | Non
     (tmp / "kaggle").mkdir(exist_ok=True)
     solution[list(SUBMISSION_COLUMNS)].to_csv(tmp / "kaggle" / "solution.csv", index=False)
     (tmp / "copick_config.json").write_text(json.dumps(_copick_config(config, out_dir), indent=4) + "\n")
-    simulation = {"simulator_version": SIMULATOR_VERSION, "config": config.to_dict(), "train_runs": train_runs, "test_runs": test_runs, "runs": run_params}
+    simulation = {"simulator_version": SIMULATOR_VERSION, "config": config.to_dict(), "train_runs": train_runs,
+                  "test_runs": test_runs, "runs": run_params}
     (tmp / "simulation.json").write_text(json.dumps(simulation, indent=2) + "\n")
     return SimResult(out_dir, config, train_runs, test_runs, all_picks, run_params)
 
