@@ -92,9 +92,11 @@ class Unet3d(nn.Module):
         self.input_stride = input_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_stride > 1:
+            x = space_to_depth(x, self.input_stride)
+        logits = self.segmentation_head(self.decoder(*self.encoder(x)))
         if self.input_stride == 1:
-            return self.segmentation_head(self.decoder(*self.encoder(x)))
-        logits = self.segmentation_head(self.decoder(*self.encoder(space_to_depth(x, self.input_stride))))
+            return logits
         return nn.functional.interpolate(logits, scale_factor=self.input_stride, mode="trilinear",
                                          align_corners=False)
 

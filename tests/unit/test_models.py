@@ -54,6 +54,12 @@ def test_input_stride_2_keeps_the_input_size_and_trains_every_parameter():
     assert y.shape == (2, 3, 16, 24, 32)
     y.square().mean().backward()
     assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    meta = {"classes": ["apo-ferritin", "ribosome", "thyroglobulin"], "activation": "sigmoid", "stride": stride(cfg),
+            "input_channels": ["denoised", "wbp"]}
+    member = ensemble_member(model.eval(), meta, name="input_stride 2")
+    volume = np.random.default_rng(0).normal(size=(2, 13, 21, 27)).astype(np.float32)  # no side a multiple of 8
+    probs = predict_volume([member], volume, tile_zyx=(8, 16, 16), overlap=0.25, batch_size=2)
+    assert probs.shape == (3, 13, 21, 27) and np.all(np.isfinite(probs))
 
 
 class _Features(torch.nn.Module):
