@@ -109,6 +109,7 @@ class ModelConfig:
     decoder_channels: list[int]
     decoder_attention_type: Optional[Literal["scse"]]
     input_stride: Literal[1, 2] = 1  # 2: 2×2×2 voxel blocks become channels (see czii.models)
+    deep_supervision: bool = False  # 1×1×1 heads on the coarser decoder levels, trained only (see czii.models)
 
 
 @dataclass

@@ -11,9 +11,8 @@
    → ``thresholds.json``): CV score at the default thresholds, tuned in-sample (optimistic) and
    tuned cross-fitted (each fold scored with thresholds tuned on the other folds; the headline
    ``cv_tuned``, empty with a single fold), per-class F4 at the cross-fitted thresholds;
-3. predicts every held-out run again with its fold's ``best.pt`` under the shipped predictor spec
-   (timed: ``val_seconds``) and saves a slab of the first held-out run that has truth picks as
-   ``report/overlay.npz``;
+3. predicts the first held-out run that has truth picks again with its fold's ``best.pt`` under the
+   shipped predictor spec and saves a slab of it as ``report/overlay.npz``;
 4. draws the figures (:func:`czii.report.build_report`);
 5. writes its leaderboard row.
 
@@ -28,7 +27,8 @@ Rows are named ``NAME`` or ``NAME@HASH`` (a prefix of the config hash is enough)
 ``cv_tuned_in_sample``, ``f4_<class>``; ``thresholds`` (compact JSON of ``thresholds.json``:
 tuned on every fold's OOF candidates, what ``czii infer`` uses); ``train_seconds`` (sum of the
 folds' ``history.csv`` seconds, periodic validation included, so resumed folds count whole);
-``val_seconds`` (step 3); ``git_commit`` (empty outside git); ``run_dir`` (as given, relative to
+``val_seconds`` (the out-of-fold pass's network time over every held-out run, recorded by
+``czii train``); ``git_commit`` (empty outside git); ``run_dir`` (as given, relative to
 the working directory unless absolute).
 
 :func:`build_ensemble` scores an ensemble of leaderboard rows honestly: for fold K it averages
@@ -50,7 +50,6 @@ import math
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -64,7 +63,7 @@ from czii.data import Dataset
 from czii.errors import ConfigError, DataError
 from czii.io import atomic_write_text, check_output, git_commit, temp_sibling
 from czii.particles import PARTICLE_NAMES
-from czii.postprocess.thresholds import TuneReport, tune_run_dir
+from czii.postprocess.thresholds import TuneReport, read_oof_spec, tune_run_dir
 from czii.report import OVERLAY_FILE, OverlaySlab, Report, build_report, overlay_slab
 from czii.inference import Predictor
 from czii.predictor import MemberSpec, PredictorSpec, run_dir_spec, spec_yaml
@@ -241,33 +240,37 @@ def _device_label(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
-def _heldout_pass(config: Config, run_dir: Path, folds: Sequence[int], datasets: dict[str, Dataset],
-                  device: torch.device, tune: TuneReport) -> tuple[float, OverlaySlab | None]:
-    """Seconds to predict every held-out run with its fold's best.pt under the shipped spec, and the overlay
-    slab of the first held-out run with truth picks (its picks: OOF candidates kept at that fold's
-    cross-fitted thresholds)."""
+def _heldout_seconds(run_dir: Path, folds: Sequence[int]) -> float:
+    """Seconds the out-of-fold pass spent predicting the held-out runs (``predict_seconds`` of each fold's
+    ``oof/spec.json``; NaN when a fold's pass predates recording it)."""
+    return sum(float(read_oof_spec(RunDir(run_dir).fold(k).oof_spec).get("predict_seconds", math.nan))
+               for k in folds)
+
+
+def _overlay(config: Config, run_dir: Path, folds: Sequence[int], datasets: dict[str, Dataset],
+             device: torch.device, tune: TuneReport) -> OverlaySlab | None:
+    """The overlay slab of the first held-out run with truth picks, predicted again by its fold's best.pt
+    under the shipped spec (its picks: OOF candidates kept at that fold's cross-fitted thresholds)."""
     by_fold = json.loads(tune.path.read_text()).get("thresholds_by_fold")
-    seconds, slab = 0.0, None
     shipped = run_dir_spec(run_dir)
     for k in folds:
         fold = RunDir(run_dir).fold(k)
-        predictor = Predictor.load(dataclasses.replace(shipped, members=[MemberSpec(str(fold.best), 1.0)]), device)
         for source, run in split_fold(config, datasets, k).val:
-            volume, spacing_zyx_A = predictor.load_input(datasets[source], run)
-            t0 = time.perf_counter()
-            probs = predictor.probabilities(volume)
-            seconds += time.perf_counter() - t0
             truth = class_picks(config, datasets[source], run)
-            if slab is not None or truth.empty:
+            if truth.empty:
                 continue
+            predictor = Predictor.load(dataclasses.replace(shipped, members=[MemberSpec(str(fold.best), 1.0)]),
+                                       device)
+            volume, spacing_zyx_A = predictor.load_input(datasets[source], run)
             thresholds, origin = (by_fold[fold.name], "cross-fitted") if by_fold else (tune.thresholds,
                                                                                        "in-sample tuned")
             candidates = pd.read_csv(fold.candidates, dtype={"experiment": str})
             candidates = candidates[candidates["experiment"] == run]
             kept = candidates[candidates["score"] >= candidates["particle_type"].map(thresholds)]
-            slab = overlay_slab(volume[0], probs, spacing_zyx_A, config.data.classes, truth, kept, run=run,
-                                fold=fold.name, thresholds=thresholds, thresholds_origin=origin)
-    return seconds, slab
+            return overlay_slab(volume[0], predictor.probabilities(volume), spacing_zyx_A, config.data.classes,
+                                truth, kept, run=run, fold=fold.name, thresholds=thresholds,
+                                thresholds_origin=origin)
+    return None
 
 
 def run_experiment(
@@ -304,7 +307,7 @@ def run_experiment(
             train(config, fold=k, out_dir=run_dir, resume=states[k] == "resumed", device=device, workdir=workdir)
 
     tune = tune_run_dir(run_dir)
-    val_seconds, slab = _heldout_pass(config, run_dir, folds, datasets, dev, tune)
+    slab = _overlay(config, run_dir, folds, datasets, dev, tune)
     if slab is not None:
         slab.save(rd.report / OVERLAY_FILE)
     report = build_report(run_dir)
@@ -323,7 +326,7 @@ def run_experiment(
         **{column: f4.get(particle, math.nan) for column, particle in zip(F4_COLUMNS, PARTICLE_NAMES)},
         "thresholds": json.dumps(tune.thresholds, separators=(",", ":")),
         "train_seconds": sum(float(pd.read_csv(rd.fold(k).history)["seconds"].sum()) for k in folds),
-        "val_seconds": val_seconds,
+        "val_seconds": _heldout_seconds(run_dir, folds),
         "device": _device_label(dev),
         "run_dir": str(run_dir),
     }

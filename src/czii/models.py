@@ -19,6 +19,12 @@ body on the coarser grid, and everything downstream (targets, tiles, peaks) stay
 grid. The stem takes 8× the channels and the loss runs on the input grid: on 2 CPU cores an epoch
 of ``cpu_15min`` at level 0 with it took 2.3× as long as at level 1 without it.
 
+``model.deep_supervision`` adds a 1×1×1 head on every decoder level but the last (network strides
+``2^(depth-1)`` … 2). In training mode the model then returns ``(logits, [coarse logits, finest
+first])`` and the loss (:class:`czii.training.losses.DeepSupervision`) adds each coarse level against
+the targets averaged down to its grid; in eval mode it returns the logits alone, so inference, TTA and
+checkpoints read it like any model (the heads' weights ride along in the checkpoint).
+
 A checkpoint (:func:`save_checkpoint`, written atomically) is a dict with ``model_config``,
 ``classes``, ``input_channels``, ``activation``, ``normalisation``, ``level``, ``stride``,
 ``state_dict``, ``ema_state_dict`` (or None), ``epoch``, ``config`` and optional resume state.
@@ -82,7 +88,8 @@ def space_to_depth(x: torch.Tensor, block: int) -> torch.Tensor:
 
 class Unet3d(nn.Module):
     """[space-to-depth →] encoder → U-Net decoder → 3×3×3 head [→ ×input_stride upsampling];
-    logits [B, out_channels, Z, Y, X] at the input size."""
+    logits [B, out_channels, Z, Y, X] at the input size (and, in training with ``aux_heads``, the
+    coarse decoder levels' logits, finest first)."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, input_stride: int = 1) -> None:
         super().__init__()
@@ -90,11 +97,29 @@ class Unet3d(nn.Module):
         self.decoder = decoder
         self.segmentation_head = head
         self.input_stride = input_stride
+        self.aux_heads: nn.ModuleList | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         if self.input_stride > 1:
             x = space_to_depth(x, self.input_stride)
-        logits = self.segmentation_head(self.decoder(*self.encoder(x)))
+        features = self.encoder(x)
+        if self.aux_heads is not None and self.training:
+            levels = self._decoder_levels(features)
+            aux = [head(level) for head, level in zip(self.aux_heads, levels[-2::-1])]
+            return self._upsample(self.segmentation_head(levels[-1])), aux
+        return self._upsample(self.segmentation_head(self.decoder(*features)))
+
+    def _decoder_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every decoder block's output, coarsest first (smp-3d's ``UnetDecoder.forward``, keeping them)."""
+        features = features[1:][::-1]
+        x = self.decoder.center(features[0])
+        levels = []
+        for i, block in enumerate(self.decoder.blocks):
+            x = block(x, features[i + 1] if i + 1 < len(features) else None)
+            levels.append(x)
+        return levels
+
+    def _upsample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.input_stride == 1:
             return logits
         return nn.functional.interpolate(logits, scale_factor=self.input_stride, mode="trilinear",
@@ -147,6 +172,9 @@ def build_model(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> 
     smp_init.initialize_head(head)
     model = Unet3d(encoder, decoder, head, model_cfg.input_stride)
     _prune_unused(model, max(32, stride(model_cfg)), in_channels)
+    if model_cfg.deep_supervision:  # after pruning: eval-mode probes never reach them
+        model.aux_heads = nn.ModuleList(nn.Conv3d(c, out_channels, kernel_size=1)
+                                        for c in model_cfg.decoder_channels[-2::-1])
     return model
 
 

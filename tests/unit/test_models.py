@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from czii.config import ModelConfig, load_config
+from czii.config import LossConfig, ModelConfig, load_config
 from czii.errors import ConfigError, DataError
 from czii.inference import predict_volume
 from czii.inference.predictor import ensemble_member
 from czii.models import Unet3d, build_model, load_checkpoint, save_checkpoint, space_to_depth, stride
+from czii.training.losses import DeepSupervision, HeatmapLoss
 
 SMALL = ModelConfig(encoder_name="resnet18", encoder_depth=2, decoder_channels=[16, 8], decoder_attention_type=None)
 
@@ -60,6 +61,43 @@ def test_input_stride_2_keeps_the_input_size_and_trains_every_parameter():
     volume = np.random.default_rng(0).normal(size=(2, 13, 21, 27)).astype(np.float32)  # no side a multiple of 8
     probs = predict_volume([member], volume, tile_zyx=(8, 16, 16), overlap=0.25, batch_size=2)
     assert probs.shape == (3, 13, 21, 27) and np.all(np.isfinite(probs))
+
+
+def test_deep_supervision_adds_coarse_levels_in_training_only_and_survives_a_checkpoint(tmp_path):
+    cfg = ModelConfig("resnet18", 3, [16, 8, 4], None, deep_supervision=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, in_channels=1, out_channels=3)
+    x = torch.randn(2, 1, 16, 24, 32)
+    logits, aux = model(x)
+    assert logits.shape == (2, 3, 16, 24, 32)
+    assert [a.shape for a in aux] == [(2, 3, 8, 12, 16), (2, 3, 4, 6, 8)]  # finest first
+    target = torch.softmax(torch.randn(2, 3, 16, 24, 32), dim=1)
+    DeepSupervision(HeatmapLoss(LossConfig("ce", None, 10.0, 1.0, 2.0), 2))((logits, aux), target).backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    with torch.no_grad():  # the decoder levels it keeps are smp-3d's decoder, block for block
+        heads, model.aux_heads = model.aux_heads, None
+        assert torch.equal(model(x), logits)
+        model.aux_heads = heads
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, _checkpoint(model, activation="softmax") | {"model_config": vars(cfg) | {"decoder_channels": [16, 8, 4]},
+                                                "stride": stride(cfg), "classes": ["apo-ferritin", "ribosome"]})
+    loaded, _ = load_checkpoint(path)
+    with torch.no_grad():
+        out = loaded(x)
+        assert isinstance(out, torch.Tensor) and torch.equal(out, model.eval()(x))
+
+
+def test_deep_supervision_compares_coarse_levels_with_block_means_of_the_targets():
+    """MSE on sigmoid outputs is 0 only where a level's output equals its target: coarse outputs set to the
+    2×2×2 / 4×4×4 block means of a sharp-edged target give 0, the same target merely subsampled does not."""
+    loss = DeepSupervision(HeatmapLoss(LossConfig("mse", None, 1.0, 1.0, 2.0), 1))
+    target = torch.zeros(1, 1, 8, 8, 8)
+    target[..., 3:6, 2:7, 1:4] = 0.9
+    logit = lambda p: torch.log(p.clamp(1e-6, 1 - 1e-6) / (1 - p.clamp(1e-6, 1 - 1e-6)))  # noqa: E731
+    means = [torch.nn.functional.avg_pool3d(target, k) for k in (2, 4)]
+    assert loss((logit(target), [logit(m) for m in means]), target) < 1e-9
+    subsampled = [target[..., ::k, ::k, ::k] for k in (2, 4)]
+    assert loss((logit(target), [logit(m) for m in subsampled]), target) > 1e-3
 
 
 class _Features(torch.nn.Module):

@@ -246,6 +246,10 @@ class Dataset:
         levels = sorted(int(p) for p in paths if isinstance(p, str) and p.isdigit())
         return [(lv, level_spacing_zyx_A(zattrs, lv, where)) for lv in levels]
 
+    def source_facts(self, run: str) -> dict:
+        """Where the run's tomogram comes from and where its voxel size was read (for manifests)."""
+        return {"format": "ome-zarr (copick)", "spacing_source": "OME-Zarr scale", "translation_zyx_A": [0.0] * 3}
+
     def tomogram_shape(self, run: str, tomo_type: str | None = None, level: int = 0) -> tuple[int, int, int]:
         """Shape z, y, x of one level, from the metadata only."""
         array, *_ = self._level_array(run, tomo_type, level)

@@ -49,6 +49,12 @@ class TomogramFolder:
         """(level, spacing z, y, x Å) of the tomogram: one level, the file's own voxels."""
         return [(0, self.file(run).spacing_zyx_A)]
 
+    def source_facts(self, run: str) -> dict:
+        """Where the run's tomogram comes from and where its voxel size was read (for manifests)."""
+        f = self.file(run)
+        return {"path": str(f.path), "format": f.format, "spacing_source": f.spacing_source,
+                "header_spacing_zyx_A": list(f.header_spacing_zyx_A), "translation_zyx_A": list(f.translation_zyx_A)}
+
     def tomogram_shape(self, run: str, tomo_type: str | None = None, level: int = 0) -> tuple[int, int, int]:
         self._check(run, tomo_type, level)
         return self.file(run).shape_zyx

@@ -157,15 +157,8 @@ def _input_facts(dataset: Dataset | TomogramFolder, run: str, info: dict, channe
     """What the manifest records of one run's input: where its voxel size came from, the level read, the
     source and model voxel sizes, the resampling factor and the frame (shape, translation) picks refer to."""
     level0 = dataset.levels(run, channel)[0][1]
-    facts = {**info["input"], "frame_shape_zyx": list(dataset.tomogram_shape(run, channel, 0)),
-             "frame_spacing_zyx_A": list(level0)}
-    if isinstance(dataset, TomogramFolder):
-        f = dataset.file(run)
-        facts.update(path=str(f.path), format=f.format, spacing_source=f.spacing_source,
-                     header_spacing_zyx_A=list(f.header_spacing_zyx_A), translation_zyx_A=list(f.translation_zyx_A))
-    else:
-        facts.update(format="ome-zarr (copick)", spacing_source="OME-Zarr scale", translation_zyx_A=[0.0, 0.0, 0.0])
-    return facts
+    return {**info["input"], "frame_shape_zyx": list(dataset.tomogram_shape(run, channel, 0)),
+            "frame_spacing_zyx_A": list(level0), **dataset.source_facts(run)}
 
 
 # --------------------------------------------------------------------------- the pipeline

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from czii.config import Config, resolve_folds
 from czii.data import Dataset, open_dataset
-from czii.data.normalize import load_run_input
+from czii.data.normalize import load_run_input, plan_input
 from czii.errors import ConfigError, CziiError
 from czii.geometry import same_spacing, xyz_A_to_zyx_vox
 from czii.particles import BY_NAME, known_names
@@ -107,15 +107,20 @@ def load_input(config: Config, dataset: Dataset, run: str) -> tuple[np.ndarray, 
                           nan_policy=config.data.nan_policy, target_spacing_zyx_A=target)
 
 
-def check_one_spacing(runs: Sequence[tuple[str, Sequence[float]]], level: int) -> None:
-    """ConfigError naming two runs when the training and validation runs come at different voxel sizes (read
-    at ``data.level`` with no ``data.spacing_A``): a model must see every run at one voxel size."""
-    for run, spacing in runs[1:]:
-        if not same_spacing(spacing, runs[0][1]):
+def check_one_spacing(config: Config, datasets: dict[str, Dataset], pairs: Sequence[tuple[str, str]]) -> None:
+    """ConfigError naming two runs when the (source, run) ``pairs`` come at different voxel sizes at
+    ``data.level`` with no ``data.spacing_A`` (a model must see every run at one voxel size); read from
+    the tomograms' metadata before any voxel is loaded."""
+    if config.data.spacing_A is not None:
+        return
+    channel, level = config.data.input_channels[0], config.data.level
+    spacings = [(run, plan_input(datasets[source], run, channel, level, None).spacing_zyx_A) for source, run in pairs]
+    for run, spacing in spacings[1:]:
+        if not same_spacing(spacing, spacings[0][1]):
             raise ConfigError(
-                f"runs {runs[0][0]!r} ({runs[0][1][-1]:.4g} Å) and {run!r} ({spacing[-1]:.4g} Å) have different "
-                f"voxel sizes at pyramid level {level}; set data.spacing_A to train at one voxel size (every run "
-                "is resampled to it)")
+                f"runs {spacings[0][0]!r} ({spacings[0][1][-1]:.4g} Å) and {run!r} ({spacing[-1]:.4g} Å) have "
+                f"different voxel sizes at pyramid level {level}; set data.spacing_A to train at one voxel size "
+                "(every run is resampled to it)")
 
 
 def class_picks(config: Config, dataset: Dataset, run: str) -> pd.DataFrame:

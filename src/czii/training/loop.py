@@ -51,7 +51,7 @@ from czii.rundir import RunDir, write_status
 from czii.training.augment import mixup
 from czii.training.data import FoldSplit, PatchDataset, check_one_spacing, load_runs, open_sources, split_fold
 from czii.training.oof import ValRun, load_val_runs, shipped_oof, validate
-from czii.training.losses import HeatmapLoss, activation_for
+from czii.training.losses import DeepSupervision, HeatmapLoss, activation_for
 from czii.training.optim import copy_buffers, ema_update, ema_warmup_decay, lr_factor, plan_epochs
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_score", "lr", "seconds")
@@ -133,7 +133,8 @@ class Trainer:
         device_ids = [device.index] if device.type == "cuda" else None
         self.net = (DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
                     if ddp_enabled else self.model)
-        self.loss_fn = HeatmapLoss(config.loss, len(config.data.classes)).to(device)
+        loss = HeatmapLoss(config.loss, len(config.data.classes))
+        self.loss_fn = (DeepSupervision(loss) if config.model.deep_supervision else loss).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            weight_decay=config.optim.weight_decay)
         self.planned_epochs = tcfg.epochs  # lowered by a train.max_minutes budget (plan_epochs)
@@ -248,10 +249,9 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
     torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed patch shape: let cuDNN pick kernels once
     datasets = open_sources(config, workdir)
     split = split_fold(config, datasets, fold)
+    check_one_spacing(config, datasets, split.train + split.val)
     runs = load_runs(config, datasets, split.train, progress=ctx.is_main)
     val_runs: list[ValRun] = load_val_runs(config, datasets, fold) if ctx.is_main else []
-    check_one_spacing([(r.run, r.spacing_zyx_A) for r in runs] + [(v.run, v.spacing_zyx_A) for v in val_runs],
-                      config.data.level)
 
     trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled,
                       spacing_zyx_A=runs[0].spacing_zyx_A if runs else None)

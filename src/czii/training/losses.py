@@ -10,6 +10,10 @@ Sigmoid losses (targets ``[B, C, ...]`` in [0, 1]) weight each voxel by
 ``ce`` is the softmax cross-entropy over background + classes against ``[B, C + 1, ...]``
 class probabilities (one-hot, or blended by mixup), with per-channel weights
 ``[background_weight, *class_weights]``.
+
+:class:`DeepSupervision` wraps a loss for a model that also returns coarse decoder levels
+(``model.deep_supervision``): the level at k-th coarser grid weighs ``2^-k`` against the targets
+averaged over its voxel blocks, the weights normalised to sum to 1.
 """
 
 from __future__ import annotations
@@ -52,3 +56,20 @@ class HeatmapLoss(torch.nn.Module):
                 p_t = p * target + (1 - p) * (1 - target)
                 per_voxel = per_voxel * (1 - p_t) ** self.gamma
         return (per_voxel * weight).mean()
+
+
+class DeepSupervision(torch.nn.Module):
+    """``loss`` on ``(logits, [coarse logits, finest first])`` and the full-size targets (module docstring)."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs: tuple[torch.Tensor, list[torch.Tensor]], target: torch.Tensor) -> torch.Tensor:
+        logits, aux = outputs
+        weights = [0.5**k for k in range(len(aux) + 1)]
+        total = weights[0] * self.loss(logits, target)
+        for w, coarse in zip(weights[1:], aux):
+            block = [t // c for t, c in zip(target.shape[2:], coarse.shape[2:])]
+            total = total + w * self.loss(coarse, F.avg_pool3d(target, block))
+        return total / sum(weights)
