@@ -143,3 +143,21 @@ def test_a_wall_clock_budget_stops_cleanly_with_a_best_checkpoint_and_oof(tiny_s
     assert history["val_score"].notna().iloc[-1], "the last epoch of a budgeted run is validated"
     assert (fold / "checkpoints" / "best.pt").is_file() and (fold / "oof" / "spec.json").is_file()
     assert history["seconds"].sum() < 0.05 * 60 + 2 * history["seconds"].max(), "stopped within about an epoch"
+
+
+def test_deep_supervision_trains_its_coarse_heads_and_ships_a_plain_predictor(tiny_sim, tmp_path):
+    config = _config(tiny_sim, "model.deep_supervision=true", "loss.name=ce", "targets.kind=sphere", "augment.mixup_prob=1.0",
+                     "train.epochs=1", "train.steps_per_epoch=4")
+    torch.manual_seed(config.train.seed)
+    initial = build_model(config.model, 1, output_channels(config.data.classes, "softmax")).state_dict()
+    fold = train(config, fold=0, out_dir=tmp_path / "run", device="cpu")
+    trained = read_checkpoint(fold / "checkpoints" / "last.pt")["state_dict"]
+    heads = [k for k in trained if k.startswith("aux_heads.")]
+    assert len(heads) == 2 * (config.model.encoder_depth - 1)  # weight and bias per coarse level
+    assert all(not torch.equal(trained[k], initial[k]) for k in heads)
+    assert np.isfinite(pd.read_csv(fold / "history.csv")["train_loss"]).all()
+    oof_spec = json.loads((fold / "oof" / "spec.json").read_text())  # the OOF pass ran the model in eval mode
+    assert oof_spec["predict_seconds"] > 0 and (fold / "oof" / "candidates.csv").is_file()
+    model, _ = load_checkpoint(fold / "checkpoints" / "best.pt")
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 16, 32, 32)).shape == (1, 7, 16, 32, 32)
