@@ -6,9 +6,10 @@ prediction is ``Σ_m w_m · mean_t T_t⁻¹(act_m(model_m(T_t(tile)))) / Σ_m w_
 activation is applied first, TTA is averaged in probability space, members are
 weighted by :attr:`EnsembleMember.weight`. Tiles are blended by :mod:`czii.inference.tiling`.
 
-Models are moved to ``device`` and put in eval mode in place. On CUDA, by default, they
-run under autocast (bf16 where supported, else fp16) with channels_last_3d memory;
-on CPU both default off (``amp=True`` on CPU autocasts to bf16).
+Models are moved to ``device``, put in eval mode and in channels_last_3d memory in place
+(on 2 CPU cores that runs a tile of the CPU configs' U-Net about 1.3× faster than NCDHW). On CUDA,
+by default, they run under autocast (bf16 where supported, else fp16); on CPU autocast is
+off by default (``amp=True`` on CPU autocasts to bf16, slower there than fp32).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def predict_volume(
     """Ensemble × TTA probabilities float32 [C, Z, Y, X] of a normalised float32 [C_in, Z, Y, X] volume.
 
     ``tta`` is a list of transform names or a preset name (:data:`czii.inference.TTA_PRESETS`).
-    ``amp`` and ``channels_last`` default to on for CUDA and off for CPU. The result is clipped to
+    ``amp`` defaults to on for CUDA and off for CPU, ``channels_last`` to on. The result is clipped to
     [0, 1] (float32 averaging can overshoot by an ulp).
     """
     check_compatible(members)
@@ -182,7 +183,7 @@ def predict_volume(
         tta_names,
         device,
         amp=on_cuda if amp is None else amp,
-        channels_last=on_cuda if channels_last is None else channels_last,
+        channels_last=True if channels_last is None else channels_last,
     )
     with torch.inference_mode():
         probs = sliding_window(
