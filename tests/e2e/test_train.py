@@ -16,7 +16,7 @@ from czii.errors import ConfigError
 from czii.models import build_model, load_checkpoint, output_channels, read_checkpoint
 from czii.training.data import PatchDataset, load_runs, open_sources, split_fold
 from czii.training.losses import HeatmapLoss
-from czii.training.loop import train
+from czii.training.loop import Trainer, train
 
 CPU_TINY = Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml"
 
@@ -101,6 +101,25 @@ def test_resume_reaches_bit_identical_weights(tiny_sim, tmp_path):
     assert all(torch.equal(moments_a[k]["exp_avg"], moments_b[k]["exp_avg"]) for k in moments_a)
     ha, hb = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
     pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+
+
+def test_a_training_step_in_channels_last_memory_computes_the_ncdhw_step(tiny_sim):
+    config = _config(tiny_sim, "optim.grad_clip=0")
+    torch.manual_seed(0)
+    trainer = Trainer(config, torch.device("cpu"))
+    reference = build_model(config.model, 1, 6)
+    reference.load_state_dict(trainer.model.state_dict())
+    conv = trainer.model.encoder.layer1[0].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    assert reference.encoder.layer1[0].conv1.weight.is_contiguous()
+    x = torch.randn(2, 1, 16, 32, 32)
+    y = torch.rand(2, 6, 16, 32, 32)
+    loss = trainer.step(x, y)
+    ref_loss = HeatmapLoss(config.loss, 6)(reference(x), y)
+    ref_loss.backward()
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters()):
+        assert p.grad is not None and torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
 
 
 def test_refuses_unknown_fold_existing_run_and_changed_config(tiny_sim, tmp_path):

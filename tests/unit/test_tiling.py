@@ -143,6 +143,18 @@ def test_reduced_precision_and_channels_last_stay_close_to_float32():
     np.testing.assert_allclose(fast, reference, atol=2e-2)
 
 
+
+def test_cpu_default_runs_channels_last_with_the_float32_result():
+    model = _two_layer_conv(6)
+    volume = _random_volume((16, 32, 32), seed=10)
+    kwargs = dict(tile_zyx=(16, 16, 16), overlap=0.25)
+    plain = predict_volume([_member(model, 2)], volume, channels_last=False, **kwargs)
+    assert model[2].weight.is_contiguous()
+    default = predict_volume([_member(model, 2)], volume, **kwargs)
+    assert model[2].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not model[2].weight.is_contiguous()
+    np.testing.assert_allclose(default, plain, atol=1e-5)
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     model = _two_layer_conv(5)
