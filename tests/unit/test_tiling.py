@@ -143,7 +143,6 @@ def test_reduced_precision_and_channels_last_stay_close_to_float32():
     np.testing.assert_allclose(fast, reference, atol=2e-2)
 
 
-
 def test_cpu_default_runs_channels_last_with_the_float32_result():
     model = _two_layer_conv(6)
     volume = _random_volume((16, 32, 32), seed=10)

@@ -1,7 +1,7 @@
 """The training loop: ``train(config, fold=K, out_dir=...)`` → ``out_dir/fold<K>/``.
 
 Per step: AdamW, learning rate by linear warm-up then cosine decay (per step), channels_last_3d
-model and inputs (1.6× the patches per second of NCDHW on 2 CPU cores), autocast
+model and inputs (on 2 CPU cores 1.5× the epochs per minute of NCDHW), autocast
 (bf16/fp16) and a GradScaler for fp16 on CUDA only, gradient-norm clipping, and an EMA of
 the weights with decay ``min(ema_decay, (1 + step) / (10 + step))`` (BN statistics are
 copied). Every ``val_every`` epochs and after the last one, rank 0 predicts each held-out
