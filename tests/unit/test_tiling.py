@@ -154,6 +154,7 @@ def test_cpu_default_runs_channels_last_with_the_float32_result():
     assert not model[2].weight.is_contiguous()
     np.testing.assert_allclose(default, plain, atol=1e-5)
 
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     model = _two_layer_conv(5)

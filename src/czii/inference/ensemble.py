@@ -144,13 +144,13 @@ def predict_volume(
     tta: str | Sequence[str] = ("identity",),
     device: str | torch.device = "cpu",
     amp: bool | None = None,
-    channels_last: bool | None = None,
+    channels_last: bool = True,
     progress: bool = False,
 ) -> np.ndarray:
     """Ensemble × TTA probabilities float32 [C, Z, Y, X] of a normalised float32 [C_in, Z, Y, X] volume.
 
     ``tta`` is a list of transform names or a preset name (:data:`czii.inference.TTA_PRESETS`).
-    ``amp`` defaults to on for CUDA and off for CPU, ``channels_last`` to on. The result is clipped to
+    ``amp`` defaults to on for CUDA and off for CPU. The result is clipped to
     [0, 1] (float32 averaging can overshoot by an ulp).
     """
     check_compatible(members)
@@ -183,7 +183,7 @@ def predict_volume(
         tta_names,
         device,
         amp=on_cuda if amp is None else amp,
-        channels_last=True if channels_last is None else channels_last,
+        channels_last=channels_last,
     )
     with torch.inference_mode():
         probs = sliding_window(
