@@ -55,6 +55,7 @@ class NormalisationConfig:
 class DataConfig:
     sources: list[SourceConfig]
     input_channels: list[str]
+    extra_train_types: list[str]
     classes: list[str]
     level: int
     spacing_A: Optional[float]
@@ -428,6 +429,13 @@ def _validate(config: Config, origins: _Origins) -> None:
         raise fail("data.spacing_A", f"must be a positive voxel size in Å or null, got {config.data.spacing_A}")
     if not config.data.input_channels:
         raise fail("data.input_channels", "needs at least one tomogram type")
+    extra = config.data.extra_train_types
+    if extra and len(config.data.input_channels) != 1:
+        raise fail("data.extra_train_types", f"each extra type stands in for the one input channel; with "
+                   f"{len(config.data.input_channels)} input channels {config.data.input_channels} leave it empty")
+    if len(set(extra)) != len(extra) or set(extra) & set(config.data.input_channels):
+        raise fail("data.extra_train_types", f"expected distinct tomogram types other than the input channel "
+                   f"{config.data.input_channels}, got {extra}")
     if len(config.data.normalisation.clip_percentiles) != 2 or not (
         0 <= config.data.normalisation.clip_percentiles[0] < config.data.normalisation.clip_percentiles[1] <= 100
     ):

@@ -12,7 +12,7 @@ import torch
 
 from czii.cli import main
 from czii.config import load_config, with_data_paths
-from czii.errors import ConfigError
+from czii.errors import ConfigError, CziiError
 from czii.models import build_model, load_checkpoint, output_channels, read_checkpoint
 from czii.training.data import PatchDataset, load_runs, open_sources, split_fold
 from czii.training.losses import HeatmapLoss
@@ -182,3 +182,28 @@ def test_deep_supervision_trains_its_coarse_heads_and_ships_a_plain_predictor(ti
     model, _ = load_checkpoint(fold / "checkpoints" / "best.pt")
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 16, 32, 32)).shape == (1, 7, 16, 32, 32)
+
+
+def test_extra_train_types_add_other_reconstructions_of_training_runs_only(tiny_sim, tmp_path):
+    config = _config(tiny_sim, "data.extra_train_types=[ctfdeconvolved, isonetcorrected]")
+    datasets = open_sources(config)
+    split = split_fold(config, datasets, 0)
+    runs = load_runs(config, datasets, split.train, progress=False)
+    assert [r.run for r in runs] == [run for _, run in split.train for _ in range(3)]
+    held_out = {run for _, run in split.val}
+    assert held_out and not held_out & {r.run for r in runs}
+    for k in range(0, len(runs), 3):
+        first, *others = runs[k:k + 3]
+        for other in others:
+            assert other.volume.shape == first.volume.shape and not np.allclose(other.volume, first.volume)
+            assert np.array_equal(other.centers_zyx_vox, first.centers_zyx_vox)
+            assert np.array_equal(other.class_index, first.class_index)
+            assert abs(float(np.median(other.volume))) < 0.5  # normalised on its own
+    drawn = {PatchDataset(config, runs).sampler.draw(np.random.default_rng(i)).run_index % 3 for i in range(60)}
+    assert drawn == {0, 1, 2}, "patches come from every reconstruction"
+
+    missing = _config(tiny_sim, "data.extra_train_types=[cryocare]")
+    with pytest.raises(CziiError, match=r"data\.extra_train_types: source 'sim': run '\w+' has no 'cryocare' tomogram"):
+        train(missing, fold=0, out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+

@@ -124,6 +124,11 @@ def test_cross_field_rules():
         load_config(BASE, ["data.classes=[apo-ferritin, apo-ferritin]"])
     with pytest.raises(ConfigError, match="rot90_xy"):
         load_config(BASE, ["patch.size_zyx=[64, 64, 128]"])
+    with pytest.raises(ConfigError, match=r"data\.extra_train_types.*2 input channels"):
+        load_config(BASE, ["data.input_channels=[denoised, wbp]", "data.extra_train_types=[isonetcorrected]"])
+    for extra in ("[wbp, wbp]", "[denoised]"):
+        with pytest.raises(ConfigError, match=r"data\.extra_train_types.*distinct tomogram types"):
+            load_config(BASE, [f"data.extra_train_types={extra}"])
 
 
 def test_missing_key_is_named(tmp_path):

@@ -97,12 +97,13 @@ def split_fold(config: Config, datasets: dict[str, Dataset], fold: int) -> FoldS
     return FoldSplit(train=train, val=val)
 
 
-def load_input(config: Config, dataset: Dataset, run: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+def load_input(config: Config, dataset: Dataset, run: str,
+               channels: Sequence[str] | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Normalised ``[C_in, Z, Y, X]`` float32 input of ``run`` at the config's level (or resampled to
     ``data.spacing_A``), input channels and normalisation (:func:`czii.data.normalize.load_run_input`, as
-    inference reads it) and its spacing."""
+    inference reads it) and its spacing. ``channels``: other tomogram types in place of ``data.input_channels``."""
     target = None if config.data.spacing_A is None else (config.data.spacing_A,) * 3
-    return load_run_input(dataset, run, config.data.input_channels, level=config.data.level,
+    return load_run_input(dataset, run, channels or config.data.input_channels, level=config.data.level,
                           clip_percentiles=config.data.normalisation.clip_percentiles,
                           nan_policy=config.data.nan_policy, target_spacing_zyx_A=target)
 
@@ -134,15 +135,23 @@ def class_picks(config: Config, dataset: Dataset, run: str) -> pd.DataFrame:
 def load_runs(
     config: Config, datasets: dict[str, Dataset], pairs: list[tuple[str, str]], progress: bool = True
 ) -> list[RunData]:
-    """Read, normalise and keep in memory every (source, run) of ``pairs`` with its particle centres."""
+    """Read, normalise and keep in memory every (source, run) of ``pairs`` with its particle centres: one
+    :class:`RunData` per tomogram type, the input channels and then each of ``data.extra_train_types``."""
     index_of = {c: i for i, c in enumerate(config.data.classes)}
+    variants = [config.data.input_channels] + [[t] for t in config.data.extra_train_types]
     runs = []
     for source, run in tqdm(pairs, desc="loading runs", disable=None if progress else True, leave=False):
-        volume, spacing = load_input(config, datasets[source], run)
         picks = class_picks(config, datasets[source], run)
-        centers = xyz_A_to_zyx_vox(picks[["x", "y", "z"]].to_numpy(dtype=np.float64), spacing).reshape(-1, 3)
         classes = picks["particle_type"].map(index_of).to_numpy(dtype=np.int64)
-        runs.append(RunData(source, run, volume, spacing, centers, classes))
+        for channels in variants:
+            try:
+                volume, spacing = load_input(config, datasets[source], run, channels)
+            except CziiError as exc:
+                if channels is config.data.input_channels:
+                    raise
+                raise type(exc)(f"data.extra_train_types: source {source!r}: {exc}") from None
+            centers = xyz_A_to_zyx_vox(picks[["x", "y", "z"]].to_numpy(dtype=np.float64), spacing).reshape(-1, 3)
+            runs.append(RunData(source, run, volume, spacing, centers, classes))
     return runs
 
 
