@@ -149,7 +149,8 @@ def load_runs(
             except CziiError as exc:
                 if channels is config.data.input_channels:
                     raise
-                raise type(exc)(f"data.extra_train_types: source {source!r}: {exc}") from None
+                raise type(exc)(f"data.extra_train_types: source {source!r}: {exc} (--set data.extra_train_types=[] "
+                                "trains on the input channels alone)") from None
             centers = xyz_A_to_zyx_vox(picks[["x", "y", "z"]].to_numpy(dtype=np.float64), spacing).reshape(-1, 3)
             runs.append(RunData(source, run, volume, spacing, centers, classes))
     return runs
