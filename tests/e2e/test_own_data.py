@@ -216,6 +216,24 @@ def test_training_runs_at_different_voxel_sizes_are_refused_without_a_training_v
     assert not (run_dir / "fold0" / "checkpoints").exists()
 
 
+def test_an_extra_training_reconstruction_at_another_voxel_size_is_refused(tiny_sim, tmp_path, capsys):
+    data = tmp_path / "kaggle"
+    shutil.copytree(tiny_sim.kaggle_dir, data, symlinks=True)
+    other = tiny_sim.train_runs[-1]
+    zattrs = data / "train" / "static" / "ExperimentRuns" / other / "VoxelSpacing10.000" / "wbp.zarr" / ".zattrs"
+    doc = json.loads(zattrs.read_text())
+    for level in doc["multiscales"][0]["datasets"]:
+        level["coordinateTransformations"][0]["scale"] = [1.348 * s for s in level["coordinateTransformations"][0]["scale"]]
+    zattrs.write_text(json.dumps(doc))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--out", str(run_dir), "--config", str(CPU_TINY), "--data", str(data),
+                 "--device", "cpu", "--set", *SETS, "data.extra_train_types=[wbp]"]) == 2
+    err = capsys.readouterr().err
+    assert "data.extra_train_types" in err and repr(other) in err and "'wbp'" in err
+    assert "26.99 Å" in err and "20.02 Å" in err and "data.spacing_A" in err
+    assert not (run_dir / "fold0").exists()
+
+
 @pytest.mark.slow
 def test_binned_mrc_scores_like_the_native_tomograms(tmp_path):
     """A model that has learned something (cpu_tiny, 4 min on the "small" preset) predicts the same 6 held-out

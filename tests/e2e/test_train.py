@@ -206,4 +206,3 @@ def test_extra_train_types_add_other_reconstructions_of_training_runs_only(tiny_
     with pytest.raises(CziiError, match=r"data\.extra_train_types: source 'sim': run '\w+' has no 'cryocare' tomogram"):
         train(missing, fold=0, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
-

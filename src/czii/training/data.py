@@ -26,7 +26,7 @@ from tqdm import tqdm
 from czii.config import Config, resolve_folds
 from czii.data import Dataset, open_dataset
 from czii.data.normalize import load_run_input, plan_input
-from czii.errors import ConfigError, CziiError
+from czii.errors import ConfigError, CziiError, DataError
 from czii.geometry import same_spacing, xyz_A_to_zyx_vox
 from czii.particles import BY_NAME, known_names
 from czii.training.augment import (
@@ -138,21 +138,25 @@ def load_runs(
     """Read, normalise and keep in memory every (source, run) of ``pairs`` with its particle centres: one
     :class:`RunData` per tomogram type, the input channels and then each of ``data.extra_train_types``."""
     index_of = {c: i for i, c in enumerate(config.data.classes)}
-    variants = [config.data.input_channels] + [[t] for t in config.data.extra_train_types]
     runs = []
     for source, run in tqdm(pairs, desc="loading runs", disable=None if progress else True, leave=False):
+        volume, spacing = load_input(config, datasets[source], run)
         picks = class_picks(config, datasets[source], run)
+        centers = xyz_A_to_zyx_vox(picks[["x", "y", "z"]].to_numpy(dtype=np.float64), spacing).reshape(-1, 3)
         classes = picks["particle_type"].map(index_of).to_numpy(dtype=np.int64)
-        for channels in variants:
+        runs.append(RunData(source, run, volume, spacing, centers, classes))
+        for tomo_type in config.data.extra_train_types:
             try:
-                volume, spacing = load_input(config, datasets[source], run, channels)
+                extra, extra_spacing = load_input(config, datasets[source], run, [tomo_type])
             except CziiError as exc:
-                if channels is config.data.input_channels:
-                    raise
                 raise type(exc)(f"data.extra_train_types: source {source!r}: {exc} (--set data.extra_train_types=[] "
                                 "trains on the input channels alone)") from None
-            centers = xyz_A_to_zyx_vox(picks[["x", "y", "z"]].to_numpy(dtype=np.float64), spacing).reshape(-1, 3)
-            runs.append(RunData(source, run, volume, spacing, centers, classes))
+            if not same_spacing(extra_spacing, spacing):
+                raise DataError(f"data.extra_train_types: run {run!r}: tomogram {tomo_type!r} has "
+                                f"{extra_spacing[-1]:.4g} Å voxels at pyramid level {config.data.level}, "
+                                f"{config.data.input_channels[0]!r} {spacing[-1]:.4g} Å; set data.spacing_A to train "
+                                "at one voxel size")
+            runs.append(RunData(source, run, extra, spacing, centers, classes))
     return runs
 
 
