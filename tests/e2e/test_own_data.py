@@ -193,21 +193,28 @@ def test_training_at_a_chosen_voxel_size_resamples_and_inference_follows(tiny_si
     assert facts["factor"] == pytest.approx(10.0124 / 16.0, rel=1e-4)
 
 
-def test_training_runs_at_different_voxel_sizes_are_refused_without_a_training_voxel_size(
-        tiny_sim, tmp_path, capsys):
+def _training_copy_with_one_tomogram_at_1348(tiny_sim, tmp_path: Path, tomo_type: str) -> tuple[Path, str]:
+    """A copy of the Kaggle layout whose last training run claims 1.348× the voxel size in ``tomo_type``'s
+    metadata, with that tomogram's chunks broken so that a refusal must come from the metadata alone."""
     data = tmp_path / "kaggle"
     shutil.copytree(tiny_sim.kaggle_dir, data, symlinks=True)
     other = tiny_sim.train_runs[-1]
-    zattrs = data / "train" / "static" / "ExperimentRuns" / other / "VoxelSpacing10.000" / "denoised.zarr" / ".zattrs"
+    zattrs = data / "train" / "static" / "ExperimentRuns" / other / "VoxelSpacing10.000" / f"{tomo_type}.zarr" / ".zattrs"
     doc = json.loads(zattrs.read_text())
     for level in doc["multiscales"][0]["datasets"]:
         level["coordinateTransformations"][0]["scale"] = [1.348 * s for s in level["coordinateTransformations"][0]["scale"]]
     zattrs.write_text(json.dumps(doc))
     chunks = [p for p in zattrs.parent.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert chunks
-    for chunk in chunks:  # the refusal comes from metadata, before any voxel is read
+    for chunk in chunks:
         chunk.unlink()
         chunk.write_bytes(b"not a zarr chunk")
+    return data, other
+
+
+def test_training_runs_at_different_voxel_sizes_are_refused_without_a_training_voxel_size(
+        tiny_sim, tmp_path, capsys):
+    data, other = _training_copy_with_one_tomogram_at_1348(tiny_sim, tmp_path, "denoised")
     run_dir = tmp_path / "run"
     assert main(["train", "--out", str(run_dir), "--config", str(CPU_TINY), "--data", str(data),
                  "--device", "cpu", "--set", *SETS]) == 2
@@ -217,14 +224,7 @@ def test_training_runs_at_different_voxel_sizes_are_refused_without_a_training_v
 
 
 def test_an_extra_training_reconstruction_at_another_voxel_size_is_refused(tiny_sim, tmp_path, capsys):
-    data = tmp_path / "kaggle"
-    shutil.copytree(tiny_sim.kaggle_dir, data, symlinks=True)
-    other = tiny_sim.train_runs[-1]
-    zattrs = data / "train" / "static" / "ExperimentRuns" / other / "VoxelSpacing10.000" / "wbp.zarr" / ".zattrs"
-    doc = json.loads(zattrs.read_text())
-    for level in doc["multiscales"][0]["datasets"]:
-        level["coordinateTransformations"][0]["scale"] = [1.348 * s for s in level["coordinateTransformations"][0]["scale"]]
-    zattrs.write_text(json.dumps(doc))
+    data, other = _training_copy_with_one_tomogram_at_1348(tiny_sim, tmp_path, "wbp")
     run_dir = tmp_path / "run"
     assert main(["train", "--out", str(run_dir), "--config", str(CPU_TINY), "--data", str(data),
                  "--device", "cpu", "--set", *SETS, "data.extra_train_types=[wbp]"]) == 2

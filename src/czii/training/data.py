@@ -26,7 +26,7 @@ from tqdm import tqdm
 from czii.config import Config, resolve_folds
 from czii.data import Dataset, open_dataset
 from czii.data.normalize import load_run_input, plan_input
-from czii.errors import ConfigError, CziiError, DataError
+from czii.errors import ConfigError, CziiError
 from czii.geometry import same_spacing, xyz_A_to_zyx_vox
 from czii.particles import BY_NAME, known_names
 from czii.training.augment import (
@@ -108,18 +108,31 @@ def load_input(config: Config, dataset: Dataset, run: str,
                           nan_policy=config.data.nan_policy, target_spacing_zyx_A=target)
 
 
-def check_one_spacing(config: Config, datasets: dict[str, Dataset], pairs: Sequence[tuple[str, str]]) -> None:
-    """ConfigError naming two runs when the (source, run) ``pairs`` come at different voxel sizes at
-    ``data.level`` with no ``data.spacing_A`` (a model must see every run at one voxel size); read from
-    the tomograms' metadata before any voxel is loaded."""
-    if config.data.spacing_A is not None:
+def check_training_inputs(config: Config, datasets: dict[str, Dataset], split: FoldSplit) -> None:
+    """Read from the tomograms' metadata, before any voxel is loaded: every training run has each of
+    ``data.extra_train_types`` (the error names the run, the type and the types present), and without
+    ``data.spacing_A`` every run of ``split`` and each extra type come at one voxel size at ``data.level``
+    (ConfigError naming two of them; a model must see every input at one voxel size)."""
+    level = config.data.level
+    target = None if config.data.spacing_A is None else (config.data.spacing_A,) * 3
+    inputs = [(repr(run), source, run, config.data.input_channels[0]) for source, run in split.train + split.val]
+    inputs += [(f"{run!r} {t!r} (data.extra_train_types)", source, run, t)
+               for source, run in split.train for t in config.data.extra_train_types]
+    spacings = []
+    for label, source, run, tomo_type in inputs:
+        try:
+            spacings.append((label, plan_input(datasets[source], run, tomo_type, level, target).spacing_zyx_A))
+        except CziiError as exc:
+            if tomo_type == config.data.input_channels[0]:
+                raise
+            raise type(exc)(f"data.extra_train_types: source {source!r}: {exc} (--set data.extra_train_types=[] "
+                            "trains on the input channels alone)") from None
+    if target is not None:
         return
-    channel, level = config.data.input_channels[0], config.data.level
-    spacings = [(run, plan_input(datasets[source], run, channel, level, None).spacing_zyx_A) for source, run in pairs]
-    for run, spacing in spacings[1:]:
+    for label, spacing in spacings[1:]:
         if not same_spacing(spacing, spacings[0][1]):
             raise ConfigError(
-                f"runs {spacings[0][0]!r} ({spacings[0][1][-1]:.4g} Å) and {run!r} ({spacing[-1]:.4g} Å) have "
+                f"runs {spacings[0][0]} ({spacings[0][1][-1]:.4g} Å) and {label} ({spacing[-1]:.4g} Å) have "
                 f"different voxel sizes at pyramid level {level}; set data.spacing_A to train at one voxel size "
                 "(every run is resampled to it)")
 
@@ -146,16 +159,7 @@ def load_runs(
         classes = picks["particle_type"].map(index_of).to_numpy(dtype=np.int64)
         runs.append(RunData(source, run, volume, spacing, centers, classes))
         for tomo_type in config.data.extra_train_types:
-            try:
-                extra, extra_spacing = load_input(config, datasets[source], run, [tomo_type])
-            except CziiError as exc:
-                raise type(exc)(f"data.extra_train_types: source {source!r}: {exc} (--set data.extra_train_types=[] "
-                                "trains on the input channels alone)") from None
-            if not same_spacing(extra_spacing, spacing):
-                raise DataError(f"data.extra_train_types: run {run!r}: tomogram {tomo_type!r} has "
-                                f"{extra_spacing[-1]:.4g} Å voxels at pyramid level {config.data.level}, "
-                                f"{config.data.input_channels[0]!r} {spacing[-1]:.4g} Å; set data.spacing_A to train "
-                                "at one voxel size")
+            extra, _ = load_input(config, datasets[source], run, [tomo_type])
             runs.append(RunData(source, run, extra, spacing, centers, classes))
     return runs
 

@@ -50,7 +50,7 @@ from czii.models import build_model, output_channels, read_checkpoint, save_chec
 from czii.particles import particle_records
 from czii.rundir import RunDir, write_status
 from czii.training.augment import mixup
-from czii.training.data import FoldSplit, PatchDataset, check_one_spacing, load_runs, open_sources, split_fold
+from czii.training.data import FoldSplit, PatchDataset, check_training_inputs, load_runs, open_sources, split_fold
 from czii.training.oof import ValRun, load_val_runs, shipped_oof, validate
 from czii.training.losses import DeepSupervision, HeatmapLoss, activation_for
 from czii.training.optim import copy_buffers, ema_update, ema_warmup_decay, lr_factor, plan_epochs
@@ -252,7 +252,7 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
     torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed patch shape: let cuDNN pick kernels once
     datasets = open_sources(config, workdir)
     split = split_fold(config, datasets, fold)
-    check_one_spacing(config, datasets, split.train + split.val)
+    check_training_inputs(config, datasets, split)
     runs = load_runs(config, datasets, split.train, progress=ctx.is_main)
     val_runs: list[ValRun] = load_val_runs(config, datasets, fold) if ctx.is_main else []
 
