@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="total training budget (all folds)")
     parser.add_argument("--folds", type=int, default=2,
                         help="folds over the training runs (1: one model on all runs but the last, tuned on it)")
+    parser.add_argument("--holdout", type=int, default=0, metavar="N",
+                        help="runs each fold holds out (fold k: runs k*N..k*N+N-1, the rest train); "
+                             "0 = every run held out once, round-robin")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "bench_accuracy")
     parser.add_argument("--no-full", action="store_true", help="skip the 184×630×630 test tomogram")
@@ -100,7 +103,12 @@ def main() -> None:
     sim_seconds = time.perf_counter() - started
 
     runs = sorted(p.name for p in (train_sim / "kaggle" / "train" / "static" / "ExperimentRuns").iterdir())
-    folds = [runs[k::args.folds] for k in range(args.folds)] if args.folds > 1 else [runs[-1:]]
+    if args.holdout:
+        if args.folds * args.holdout >= len(runs):
+            raise SystemExit(f"--folds {args.folds} × --holdout {args.holdout} must leave a training run of {len(runs)}")
+        folds = [runs[k * args.holdout:(k + 1) * args.holdout] for k in range(args.folds)]
+    else:
+        folds = [runs[k::args.folds] for k in range(args.folds)] if args.folds > 1 else [runs[-1:]]
     stem = args.name or f"accuracy_{Path(args.config).stem}_{args.minutes:g}min"
     config = with_data_paths(load_config(args.config, [
         *args.overrides, f"data.folds={json.dumps(folds)}", f"train.max_minutes={args.minutes / args.folds}",
@@ -139,7 +147,7 @@ def main() -> None:
     machine = (f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
                f"({torch.get_num_threads()} threads), no GPU")
     doc = {"config": args.config, "overrides": args.overrides, "minutes": args.minutes, "folds": args.folds,
-           "machine": machine, "epochs_per_fold": [h["done_epochs"] for h in histories],
+           "held_out_runs": folds, "machine": machine, "epochs_per_fold": [h["done_epochs"] for h in histories],
            "simulate_seconds": sim_seconds, "train_seconds": train_seconds, "tune_seconds": tune_seconds,
            "oof": {"default": tuned.score_default, "cross_fitted": tuned.score_cross_fitted,
                    "in_sample": tuned.score_in_sample},
@@ -151,7 +159,7 @@ def main() -> None:
     lines = [
         f"# {stem}: `{args.config}` {' '.join(args.overrides)}, {args.minutes:g} min of training on {machine}",
         "",
-        f"{args.folds} folds, epochs per fold {doc['epochs_per_fold']}; train {train_seconds:.0f} s (data loading "
+        f"{args.folds} folds holding out {folds}, epochs per fold {doc['epochs_per_fold']}; train {train_seconds:.0f} s (data loading "
         f"and the out-of-fold pass included), tune {tune_seconds:.1f} s; out-of-fold F4 default "
         f"{tuned.score_default:.3f}, cross-fitted {tuned.score_cross_fitted or float('nan'):.3f}.",
         "",
