@@ -71,6 +71,22 @@ def _kept(candidates, thresholds: dict[str, float]):
     return candidates[keep].drop(columns="score")
 
 
+def fold_layout(runs: list[str], n_folds: int, holdout: int = 0) -> list[list[str]]:
+    """The held-out runs of each fold (each fold's model trains on the others): ``holdout`` > 0 holds
+    out runs ``k*holdout .. k*holdout+holdout-1`` in fold k (the rest are never held out); 0 holds out
+    every run once, round-robin; one fold without ``holdout`` holds out the last run."""
+    if n_folds < 1 or holdout < 0:
+        raise SystemExit(f"--folds must be ≥ 1 and --holdout ≥ 0 (got {n_folds}, {holdout})")
+    if holdout:
+        if n_folds * holdout >= len(runs):
+            raise SystemExit(f"--folds {n_folds} × --holdout {holdout} holds out {n_folds * holdout} of the "
+                             f"{len(runs)} training runs: every fold needs a run to train on that no fold holds out")
+        return [runs[k * holdout:(k + 1) * holdout] for k in range(n_folds)]
+    if n_folds > len(runs):
+        raise SystemExit(f"--folds {n_folds} exceeds the {len(runs)} training runs")
+    return [runs[k::n_folds] for k in range(n_folds)] if n_folds > 1 else [runs[-1:]]
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -103,12 +119,7 @@ def main() -> None:
     sim_seconds = time.perf_counter() - started
 
     runs = sorted(p.name for p in (train_sim / "kaggle" / "train" / "static" / "ExperimentRuns").iterdir())
-    if args.holdout:
-        if args.folds * args.holdout >= len(runs):
-            raise SystemExit(f"--folds {args.folds} × --holdout {args.holdout} must leave a training run of {len(runs)}")
-        folds = [runs[k * args.holdout:(k + 1) * args.holdout] for k in range(args.folds)]
-    else:
-        folds = [runs[k::args.folds] for k in range(args.folds)] if args.folds > 1 else [runs[-1:]]
+    folds = fold_layout(runs, args.folds, args.holdout)
     stem = args.name or f"accuracy_{Path(args.config).stem}_{args.minutes:g}min"
     config = with_data_paths(load_config(args.config, [
         *args.overrides, f"data.folds={json.dumps(folds)}", f"train.max_minutes={args.minutes / args.folds}",
