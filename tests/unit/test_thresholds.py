@@ -15,7 +15,7 @@ from czii.errors import ConfigError, DataError
 from czii.metric import score as metric_score
 from czii.particles import BY_NAME, PARTICLE_NAMES, PARTICLES, TOTAL_WEIGHT
 from czii.postprocess.thresholds import (
-    TOLERANCE, class_curves, cross_fitted_score, score_at, tune_run_dir, tune_thresholds,
+    MARGIN, TOLERANCE, class_curves, cross_fitted_score, score_at, tune_run_dir, tune_thresholds,
 )
 from czii.predictor import DEFAULT_THRESHOLDS, load_thresholds, save_thresholds
 
@@ -165,6 +165,29 @@ def test_tolerance_trades_a_little_f_beta_for_a_lower_threshold():
     assert table.loc["ribosome", "f_beta"] == pytest.approx(f_low) and table.loc["ribosome", "recall"] == 1.0
     with pytest.raises(ConfigError, match="tolerance"):
         tune_thresholds(c, t, tolerance=-0.1)
+
+
+def test_margin_keeps_a_flat_curve_off_its_lowest_end():
+    # 10 virus-like particles at 0.99 and 0.98, 8 FPs at 0.10–0.18: F4 is within the tolerance from 0.10
+    # to 0.98 (8 FPs cost 0.045), so the tolerance alone goes to the bottom of that range
+    c, t = _planted("r1", "virus-like-particle", 10, [0.99] * 9 + [0.98], list(np.linspace(0.10, 0.18, 8)))
+    assert 1 - TOLERANCE < _f4(10, 8, 0) < 1 - TOLERANCE + 0.01
+    assert tune_thresholds(c, t, margin=0)["virus-like-particle"] < 0.11
+    assert MARGIN == 0.5 and tune_thresholds(c, t)["virus-like-particle"] == pytest.approx(0.49)  # 0.5 × 0.98
+    table = score_at(c, t, tune_thresholds(c, t)).per_class.set_index("particle_type")
+    assert (table.loc["virus-like-particle", "recall"], table.loc["virus-like-particle", "fp"]) == (1.0, 0)
+    with pytest.raises(ConfigError, match="margin"):
+        tune_thresholds(c, t, margin=1.5)
+
+
+def test_margin_never_drops_a_kept_truth_point(synthetic):
+    cands, truth = synthetic
+    loose, tight = tune_thresholds(cands, truth, margin=0), tune_thresholds(cands, truth, margin=1.0)
+    for name in sorted(set(truth.particle_type)):
+        assert tight[name] >= loose[name]
+    recall = {m: score_at(cands, truth, th).per_class.set_index("particle_type")["recall"]
+              for m, th in (("loose", loose), ("tight", tight))}
+    assert recall["tight"].equals(recall["loose"])  # margin 1 sits at the weakest kept truth: same recall
 
 
 def _planted(run: str, name: str, n_truth: int, tp_scores, fp_scores, x0: float = 0.0):
@@ -344,6 +367,12 @@ def test_cli_tune_on_a_hand_made_run_dir(tmp_path, capsys):
     assert "needs >= 2 folds" in out
     assert set(load_thresholds(target).values()) <= {round(v, 2) for v in np.arange(0.05, 0.951, 0.05)}
     assert not (single / "thresholds.json").exists()
+    assert json.loads(target.read_text())["margin"] == MARGIN
+
+    # --margin 0: the tolerance alone, recorded
+    assert main(["tune", "--run-dir", str(single), "--out", str(target), "--margin", "0"]) == 0
+    assert load_thresholds(target) == pytest.approx(tune_thresholds(cands, truth, margin=0))
+    assert json.loads(target.read_text())["margin"] == 0
 
 
 def test_cli_tune_errors(tmp_path, capsys):

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=None, metavar="F",
                         help="F-beta a class may give up for a lower, recall-side threshold (default "
                              "czii.postprocess.thresholds.TOLERANCE = 0.05; 0 = the exact argmax)")
+    parser.add_argument("--margin", type=float, default=None, metavar="M",
+                        help="no threshold below M × the score of the weakest truth point found at the best "
+                             "threshold (default czii.postprocess.thresholds.MARGIN = 0.5; 0 = off)")
     parser.add_argument(
         "--grid",
         type=_grid,
@@ -69,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
 
         spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=chosen_device(args))
         print(f"re-predicted the out-of-fold runs under predictor spec {spec.hash}")
-    from czii.postprocess.thresholds import TOLERANCE
+    from czii.postprocess.thresholds import MARGIN, TOLERANCE
 
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    margin = MARGIN if args.margin is None else args.margin
     rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid, allow_unfinished=args.allow_unfinished,
-                       tolerance=tolerance)
+                       tolerance=tolerance, margin=margin)
     n_runs = sum(len(r) for r in rep.folds.values())
     print(
         f"{args.run_dir}: {len(rep.folds)} fold(s), {n_runs} runs, "
