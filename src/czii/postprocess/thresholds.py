@@ -35,7 +35,7 @@ is flat from the weakest false pick up to 1, and its lowest end keeps the false 
 on the 184×630×630 benchmark tomogram virus-like particles scored ≈ 1.0 while 125 false ones scored
 0.11–0.18 under a tuned threshold of 0.094. Over five 15-minute ``cpu_15min`` runs the margin 0.5 moved
 the mean weighted F4 of the four small held-out sets from 0.874 to 0.875 and the 184×630×630 tomogram
-from 0.787 to 0.847 and 0.725 to 0.752 (``benchmarks/ablation_cpu.md`` v9); ``margin=0`` turns it off.
+from 0.787 to 0.847, 0.788 to 0.801 and 0.725 to 0.752 (``benchmarks/ablation_cpu.md`` v9); ``margin=0`` turns it off.
 """
 
 from __future__ import annotations
