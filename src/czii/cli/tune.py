@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="F-beta a class may give up for a lower, recall-side threshold (default "
                              "czii.postprocess.thresholds.TOLERANCE = 0.05; 0 = the exact argmax)")
     parser.add_argument("--margin", type=float, default=None, metavar="M",
-                        help="no threshold below M × the score of the weakest truth point found at the best "
-                             "threshold (default czii.postprocess.thresholds.MARGIN = 0.5; 0 = off)")
+                        help="no threshold below M × the score of the weakest out-of-fold truth point it keeps "
+                             "(default czii.postprocess.thresholds.MARGIN = 0.5; 0 = off)")
     parser.add_argument(
         "--grid",
         type=_grid,

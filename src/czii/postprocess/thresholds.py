@@ -30,12 +30,15 @@ was 0.611 / 0.671 / 0.680 / 0.657 and 0.582 / 0.640 / 0.680 / 0.673 (ribosome's 
 or whose F-beta is 0 at every threshold, keeps its default threshold.
 
 Score margin: no threshold lies below ``margin`` (:data:`MARGIN` by default) times the score of the
-weakest truth point it keeps. Where every true particle of a class scores near 1 the out-of-fold curve
-is flat from the weakest false pick up to 1, and its lowest end keeps the false picks of new tomograms that hold far more background than the small out-of-fold runs:
-on the 184×630×630 benchmark tomogram virus-like particles scored ≈ 1.0 while 125 false ones scored
-0.11–0.18 under a tuned threshold of 0.094. Over five 15-minute ``cpu_15min`` runs the margin 0.5 moved
-the mean weighted F4 of the four small held-out sets from 0.874 to 0.875 and the 184×630×630 tomogram
-from 0.787 to 0.847, 0.788 to 0.801 and 0.725 to 0.752 (``benchmarks/ablation_cpu.md`` v9); ``margin=0`` turns it off.
+weakest truth point it keeps (on a grid: the grid's next value). Where every true particle of a class
+scores near 1 the out-of-fold curve is flat from the weakest false pick up to 1, and its lowest end
+keeps the false picks of new tomograms that hold far more background than the small out-of-fold
+runs: on the 184×630×630 benchmark tomogram virus-like particles scored ≈ 1.0 while 125 false ones
+scored 0.11–0.18 under a tuned threshold of 0.094. The margin only raises a threshold, never past a
+kept truth point, so out-of-fold recall stays. Over five 15-minute ``cpu_15min`` runs the margin 0.5
+moved the mean weighted F4 of the four small held-out sets from 0.874 to 0.875 and the 184×630×630
+tomogram from 0.787 to 0.847, 0.788 to 0.801 and 0.725 to 0.752 (``benchmarks/ablation_cpu.md`` v9);
+``margin=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ from czii.rundir import RunDir, check_finished
 
 BETA: float = 4.0
 TOLERANCE: float = 0.05  # F-beta a class may give up for a lower (recall-side) threshold, see the module docstring
-MARGIN: float = 0.5  # no threshold below this share of the weakest truth point's score at the argmax, ditto
+MARGIN: float = 0.5  # no threshold below this share of the score of the weakest truth point it keeps, ditto
 
 # class -> run -> (best candidate score per truth point (-inf: none in range), candidate scores)
 _Prepared = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
