@@ -170,7 +170,8 @@ def main() -> None:
     lines = [
         f"# {stem}: `{args.config}` {' '.join(args.overrides)}, {args.minutes:g} min of training on {machine}",
         "",
-        f"{args.folds} folds holding out {folds}, epochs per fold {doc['epochs_per_fold']}; train {train_seconds:.0f} s (data loading "
+        f"{args.folds} folds holding out {folds}, epochs per fold {doc['epochs_per_fold']}; "
+        f"train {train_seconds:.0f} s (data loading "
         f"and the out-of-fold pass included), tune {tune_seconds:.1f} s; out-of-fold F4 default "
         f"{tuned.score_default:.3f}, cross-fitted {tuned.score_cross_fitted or float('nan'):.3f}.",
         "",

@@ -391,3 +391,9 @@ def test_cli_tune_errors(tmp_path, capsys):
     _write_fold(tmp_path / "stray", "fold0", cands, truth[truth.experiment == "nothing"])
     assert main(["tune", "--run-dir", str(tmp_path / "stray")]) == 2
     assert "not in truth.csv" in capsys.readouterr().err
+
+    # a bad argument is refused before any file is read (these candidates also hold a stray run)
+    _write_fold(tmp_path / "margin", "fold0", cands, truth)
+    assert main(["tune", "--run-dir", str(tmp_path / "margin"), "--margin", "2"]) == 2
+    assert "score margin must be in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "margin" / "thresholds.json").exists()

@@ -274,11 +274,11 @@ def tune_run_dir(
     """Tune thresholds on every fold's OOF files and write ``<run_dir>/thresholds.json`` (or ``out``),
     recording the hash and recipe of the predictor spec the candidates were made with. A fold whose
     training did not finish is refused unless ``allow_unfinished``."""
+    grid = _check_grid(grid)
+    tolerance, margin = _check_tolerance(tolerance), _check_margin(margin)
     out = check_output(Path(out) if out is not None else RunDir(run_dir).thresholds, "thresholds file", overwrite=True)
     unfinished = check_finished([f.best for f in RunDir(run_dir).folds()], allow_unfinished)
     oof = read_oof(run_dir)
-    grid = _check_grid(grid)
-    tolerance, margin = _check_tolerance(tolerance), _check_margin(margin)
     default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLD)
     thresholds = tune_thresholds(oof.candidates, oof.truth, grid=grid, tolerance=tolerance, margin=margin)
     tuned = score_at(oof.candidates, oof.truth, thresholds)
@@ -438,8 +438,8 @@ def _check_tolerance(tolerance: float) -> float:
 def _check_margin(margin: float) -> float:
     m = float(margin)
     if not 0 <= m <= 1:
-        raise ConfigError(f"threshold score margin must be in [0, 1] (share of the weakest found truth point's "
-                          f"score), got {margin!r}")
+        raise ConfigError(f"threshold score margin must be in [0, 1] (share of the score of the weakest truth "
+                          f"point a threshold keeps), got {margin!r}")
     return m
 
 
