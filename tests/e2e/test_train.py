@@ -16,7 +16,7 @@ from czii.errors import ConfigError, CziiError
 from czii.models import build_model, load_checkpoint, output_channels, read_checkpoint
 from czii.training.data import PatchDataset, load_runs, open_sources, split_fold
 from czii.training.losses import HeatmapLoss
-from czii.training.loop import Trainer, train
+from czii.training.loop import Trainer, autocast_dtype, train
 
 CPU_TINY = Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml"
 
@@ -122,6 +122,33 @@ def test_a_training_step_in_channels_last_memory_computes_the_ncdhw_step(tiny_si
         # float32 sums in another order per layout; batch-2 BN amplifies that to ~1e-3 in the deepest layers
         error = float((p.grad - q.grad).norm() / q.grad.norm())
         assert error < 1e-2, f"{name}: gradient differs by {error:.1e} of its norm"
+
+
+def test_bf16_autocast_on_a_cpu_that_computes_it_natively_follows_the_fp32_step(tiny_sim):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    config = _config(tiny_sim, "optim.grad_clip=0", "train.amp=bf16", "patch.size_zyx=[24,48,48]")
+    assert autocast_dtype(cuda, config) == torch.bfloat16
+    assert autocast_dtype(cuda, _config(tiny_sim, "train.amp=fp16")) == torch.float16
+    assert autocast_dtype(cpu, _config(tiny_sim, "train.amp=fp16")) is None
+    assert autocast_dtype(cpu, _config(tiny_sim, "train.amp='off'")) is None
+    # 16×32×32 patches leave a 2×4×4 deepest map, where oneDNN's bf16 weight gradients go wrong
+    assert autocast_dtype(cpu, _config(tiny_sim, "train.amp=bf16")) is None
+    torch.manual_seed(0)
+    trainer = Trainer(config, cpu)
+    assert trainer.amp_dtype == (torch.bfloat16 if native else None)
+    reference = build_model(config.model, 1, 6)
+    reference.load_state_dict(trainer.model.state_dict())
+    x = torch.randn(2, 1, 24, 48, 48)
+    y = torch.rand(2, 6, 24, 48, 48)
+    loss = trainer.step(x, y)
+    ref_loss = HeatmapLoss(config.loss, 6)(reference(x), y)
+    ref_loss.backward()
+    assert loss == pytest.approx(float(ref_loss.detach()), rel=0.02)
+    for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters()):
+        assert p.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+        cosine = float(torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0))
+        assert cosine > 0.9, f"{name}: bf16 gradient points elsewhere (cosine {cosine:.3f})"
 
 
 def test_refuses_unknown_fold_existing_run_and_changed_config(tiny_sim, tmp_path):
