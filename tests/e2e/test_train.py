@@ -151,6 +151,13 @@ def test_bf16_autocast_on_a_cpu_that_computes_it_natively_follows_the_fp32_step(
         assert cosine > 0.9, f"{name}: bf16 gradient points elsewhere (cosine {cosine:.3f})"
 
 
+def test_an_amp_that_cannot_run_here_is_named_not_dropped_silently(tiny_sim, tmp_path, capsys):
+    # 16×32×32 patches leave a 2-voxel-deep feature map: fp32 on every CPU, and the log says so
+    config = _config(tiny_sim, "train.amp=bf16", "train.epochs=1", "train.steps_per_epoch=1")
+    train(config, fold=0, out_dir=tmp_path / "a")
+    assert "train.amp=bf16 is not used on cpu" in capsys.readouterr().out
+
+
 def test_refuses_unknown_fold_existing_run_and_changed_config(tiny_sim, tmp_path):
     config = _config(tiny_sim, "train.epochs=1", "train.steps_per_epoch=1")
     with pytest.raises(ConfigError, match="fold 7 does not exist"):

@@ -277,6 +277,9 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
 
     trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled,
                       spacing_zyx_A=runs[0].spacing_zyx_A if runs else None)
+    if ctx.is_main and tcfg.amp != "off" and trainer.amp_dtype is None:
+        print(f"note: train.amp={tcfg.amp} is not used on {ctx.device.type} here (no native bf16, fp16 off CUDA, "
+              "or a feature map 2 voxels deep): training steps run in fp32", flush=True)
     start_epoch, history, best_score = 0, [], -math.inf
     if ckpt is not None:
         trainer.load(ckpt)
