@@ -125,7 +125,7 @@ def autocast_dtype(device: torch.device, config: Config) -> torch.dtype | None:
     CUDA: bf16 or fp16 as asked. CPU: bf16 only where the CPU computes it natively (AVX512-BF16 or
     AMX, as oneDNN reports) and the deepest feature map of a patch is at least 3 voxels on every
     side; elsewhere, and for fp16, fp32. On a 2-core AMD EPYC with AVX512-BF16 a ``cpu_15min`` step
-    took 115 ms instead of 177 ms (an Intel Xeon without it was slower in bf16), but oneDNN's bf16
+    took 115 ms instead of 177 ms (without native support bf16 is emulated and slow), but oneDNN's bf16
     3-D convolution returned weight gradients of ~1e32 in 2–72 % of steps where a feature map was 2
     voxels deep (torch 2.14 with 128 channels; sides of 1, 3, 4 and 8 were exact).
     """
