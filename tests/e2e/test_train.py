@@ -155,7 +155,8 @@ def test_an_amp_that_cannot_run_here_is_named_not_dropped_silently(tiny_sim, tmp
     # 16×32×32 patches leave a 2-voxel-deep feature map: fp32 on every CPU, and the log says so
     config = _config(tiny_sim, "train.amp=bf16", "train.epochs=1", "train.steps_per_epoch=1")
     train(config, fold=0, out_dir=tmp_path / "a")
-    assert "train.amp=bf16 is not used on cpu" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train.amp=bf16 is not used on cpu" in out and "deepest feature map 2 voxels" in out
 
 
 def test_refuses_unknown_fold_existing_run_and_changed_config(tiny_sim, tmp_path):

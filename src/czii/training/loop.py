@@ -132,9 +132,13 @@ def autocast_dtype(device: torch.device, config: Config) -> torch.dtype | None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.amp)
     if device.type == "cuda" or dtype is None:
         return dtype
-    deepest_side = min(config.patch.size_zyx) // stride(config.model)
     native = device.type == "cpu" and dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return dtype if native and deepest_side >= 3 else None
+    return dtype if native and _deepest_side(config) >= 3 else None
+
+
+def _deepest_side(config: Config) -> int:
+    """Voxels along the shortest side of a training patch's deepest feature map."""
+    return min(config.patch.size_zyx) // stride(config.model)
 
 
 class Trainer:
@@ -278,8 +282,9 @@ def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.Dist
     trainer = Trainer(config, ctx.device, ddp_enabled=ctx.enabled,
                       spacing_zyx_A=runs[0].spacing_zyx_A if runs else None)
     if ctx.is_main and tcfg.amp != "off" and trainer.amp_dtype is None:
-        print(f"note: train.amp={tcfg.amp} is not used on {ctx.device.type} here (no native bf16, fp16 off CUDA, "
-              "or a feature map 2 voxels deep): training steps run in fp32", flush=True)
+        print(f"note: train.amp={tcfg.amp} is not used on {ctx.device.type} here (native bf16: "
+              f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}, deepest feature map {_deepest_side(config)} voxels, "
+              "bf16 needs both and 3 or more; fp16 needs CUDA): training steps run in fp32", flush=True)
     start_epoch, history, best_score = 0, [], -math.inf
     if ckpt is not None:
         trainer.load(ckpt)
