@@ -111,6 +111,12 @@ class ModelConfig:
     decoder_attention_type: Optional[Literal["scse"]]
     input_stride: Literal[1, 2] = 1  # 2: 2×2×2 voxel blocks become channels (see czii.models)
     deep_supervision: bool = False  # 1×1×1 heads on the coarser decoder levels, trained only (see czii.models)
+    output_stride: Literal[1, 2] = 1  # 2: no full-resolution decoder block, logits upsampled ×2 (see czii.models)
+
+
+def decoder_blocks(model: ModelConfig) -> int:
+    """U-Net decoder blocks: one per encoder stage, less the full-resolution one at output stride 2."""
+    return model.encoder_depth - (model.output_stride == 2)
 
 
 @dataclass
@@ -410,8 +416,13 @@ def _validate(config: Config, origins: _Origins) -> None:
                    f"supported: {', '.join(ENCODERS)}")
     if not 1 <= config.model.encoder_depth <= 5:
         raise fail("model.encoder_depth", f"must be 1..5, got {config.model.encoder_depth}")
-    if len(config.model.decoder_channels) != config.model.encoder_depth:
-        raise fail("model.decoder_channels", f"needs one entry per encoder stage ({config.model.encoder_depth}), "
+    if config.model.output_stride == 2 and (config.model.input_stride != 1 or config.model.encoder_depth < 2):
+        raise fail("model.output_stride", "2 needs model.input_stride 1 and model.encoder_depth ≥ 2, got "
+                   f"{config.model.input_stride} and {config.model.encoder_depth}")
+    n_blocks = decoder_blocks(config.model)
+    if len(config.model.decoder_channels) != n_blocks:
+        raise fail("model.decoder_channels", f"needs one entry per decoder block ({n_blocks}: model.encoder_depth "
+                   f"{config.model.encoder_depth}, output stride {config.model.output_stride}), "
                    f"got {len(config.model.decoder_channels)}")
     net_stride = network_stride(config.model.encoder_depth, config.model.input_stride)
     for key, sides in (("patch.size_zyx", config.patch.size_zyx), ("val.tile_zyx", config.val.tile_zyx),

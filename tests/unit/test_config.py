@@ -106,6 +106,18 @@ def test_patch_sides_must_be_multiples_of_the_stride():
         load_config(BASE, ["model.input_stride=3"])
 
 
+def test_output_stride_2_takes_one_decoder_block_fewer_and_no_input_stride():
+    half = ["model.encoder_depth=3", "model.output_stride=2", "patch.size_zyx=[40, 64, 64]",
+            "val.tile_zyx=[40, 64, 64]", "infer.tile_zyx=[40, 64, 64]"]
+    assert load_config(BASE, half + ["model.decoder_channels=[32, 16]"]).model.output_stride == 2
+    with pytest.raises(ConfigError, match=r"model\.decoder_channels: needs one entry per decoder block \(2.*got 3"):
+        load_config(BASE, half + ["model.decoder_channels=[32, 16, 8]"])
+    with pytest.raises(ConfigError, match=r"model\.output_stride: 2 needs model\.input_stride 1"):
+        load_config(BASE, half + ["model.decoder_channels=[32, 16]", "model.input_stride=2"])
+    with pytest.raises(ConfigError, match="model.output_stride"):
+        load_config(BASE, ["model.output_stride=4"])
+
+
 def test_unknown_encoder_and_loss_are_rejected():
     with pytest.raises(ConfigError, match="unknown encoder 'resnet9000'"):
         load_config(BASE, ["model.encoder_name=resnet9000"])

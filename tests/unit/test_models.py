@@ -12,7 +12,15 @@ from czii.config import LossConfig, ModelConfig, load_config
 from czii.errors import ConfigError, DataError
 from czii.inference import predict_volume
 from czii.inference.predictor import ensemble_member
-from czii.models import Unet3d, build_model, load_checkpoint, save_checkpoint, space_to_depth, stride
+from czii.models import (
+    Unet3d,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+    space_to_depth,
+    stride,
+    upsample_strided,
+)
 from czii.training.losses import DeepSupervision, HeatmapLoss
 
 SMALL = ModelConfig(encoder_name="resnet18", encoder_depth=2, decoder_channels=[16, 8], decoder_attention_type=None)
@@ -63,6 +71,47 @@ def test_input_stride_2_keeps_the_input_size_and_trains_every_parameter():
     assert probs.shape == (3, 13, 21, 27) and np.all(np.isfinite(probs))
 
 
+def test_output_stride_2_drops_the_full_resolution_block_keeps_the_input_size_and_survives_a_checkpoint(tmp_path):
+    cfg = ModelConfig("resnet18", 3, [16, 8], None, output_stride=2)
+    torch.manual_seed(0)
+    model = build_model(cfg, in_channels=1, out_channels=3)
+    assert stride(cfg) == 8 and len(model.decoder.blocks) == 2
+    assert model.segmentation_head[0].in_channels == 8
+    x = torch.randn(2, 1, 16, 24, 32)
+    y = model(x)
+    assert y.shape == (2, 3, 16, 24, 32)
+    y.square().mean().backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    with torch.no_grad():  # the head works on the stride-2 grid: logits are that grid upsampled
+        coarse = model.segmentation_head(model.decoder(*model.encoder(x)))
+        assert coarse.shape == (2, 3, 8, 12, 16)
+        assert torch.allclose(y[..., ::2, ::2, ::2], coarse, atol=1e-5)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, _checkpoint(model, activation="softmax") | {"model_config": vars(cfg),
+                                                "stride": stride(cfg), "classes": ["apo-ferritin", "ribosome"]})
+    loaded, meta = load_checkpoint(path)
+    assert meta["model_config"]["output_stride"] == 2
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_strided_upsampling_puts_each_grid_voxel_on_the_input_voxel_it_was_computed_at():
+    """A strided convolution's voxel j is centred on input voxel 2j: a linear field sampled there and
+    upsampled must give the field back (the last voxel of each side holds the edge); the
+    ``align_corners=False`` upsampling of space-to-depth blocks would shift it by half a voxel."""
+    z, y, x = np.meshgrid(np.arange(8.0), np.arange(12.0), np.arange(16.0), indexing="ij")
+    field = torch.from_numpy(3 * z - 2 * y + x).float()[None, None]
+    grid = field[..., ::2, ::2, ::2]
+    out = upsample_strided(grid, 2)
+    assert out.shape == field.shape
+    assert torch.allclose(out[..., :-1, :-1, :-1], field[..., :-1, :-1, :-1], atol=1e-4)
+    assert torch.equal(out[..., -1, -1, -1], field[..., -2, -2, -2])
+    through_model = Unet3d(_Features(), _Subsample(), torch.nn.Identity(), output_stride=2)(field)
+    assert torch.equal(through_model, out)
+    shifted = torch.nn.functional.interpolate(grid, scale_factor=2, mode="trilinear", align_corners=False)
+    assert not torch.allclose(shifted[..., 1:-1, 1:-1, 1:-1], field[..., 1:-1, 1:-1, 1:-1], atol=0.1)
+
+
 def test_deep_supervision_adds_coarse_levels_in_training_only_and_survives_a_checkpoint(tmp_path):
     cfg = ModelConfig("resnet18", 3, [16, 8, 4], None, deep_supervision=True)
     torch.manual_seed(0)
@@ -108,6 +157,11 @@ class _Features(torch.nn.Module):
 class _ChannelMean(torch.nn.Module):
     def forward(self, *features):
         return features[-1].mean(1, keepdim=True)
+
+
+class _Subsample(torch.nn.Module):
+    def forward(self, *features):
+        return features[-1][..., ::2, ::2, ::2]
 
 
 def test_space_to_depth_and_upsampling_keep_positions_on_the_input_grid():
