@@ -15,7 +15,7 @@ from czii.errors import ConfigError, DataError
 from czii.metric import score as metric_score
 from czii.particles import BY_NAME, PARTICLE_NAMES, PARTICLES, TOTAL_WEIGHT
 from czii.postprocess.thresholds import (
-    MARGIN, TOLERANCE, class_curves, cross_fitted_score, score_at, tune_run_dir, tune_thresholds,
+    BOOTSTRAP, MARGIN, TOLERANCE, class_curves, cross_fitted_score, score_at, tune_run_dir, tune_thresholds,
 )
 from czii.predictor import DEFAULT_THRESHOLDS, load_thresholds, save_thresholds
 
@@ -139,9 +139,9 @@ def test_class_curves_equal_brute_force_at_every_threshold(synthetic):
 
 def test_tuned_thresholds_beat_every_threshold_of_a_fine_grid(synthetic):
     cands, truth = synthetic
-    exact = tune_thresholds(cands, truth, tolerance=0)
+    exact = tune_thresholds(cands, truth, tolerance=0, bootstrap=0)
     exact_counts = _brute_counts(cands, truth, _rows_for(exact))
-    tolerant = tune_thresholds(cands, truth)  # the default: lowest threshold within TOLERANCE of the best
+    tolerant = tune_thresholds(cands, truth, bootstrap=0)  # lowest threshold within TOLERANCE of the best
     tolerant_counts = _brute_counts(cands, truth, _rows_for(tolerant))
     grid = np.linspace(0, 1, 101)
     for name in sorted(set(truth.particle_type)):
@@ -182,7 +182,7 @@ def test_margin_keeps_a_flat_curve_off_its_lowest_end():
 
 def test_margin_never_drops_a_kept_truth_point(synthetic):
     cands, truth = synthetic
-    loose, tight = tune_thresholds(cands, truth, margin=0), tune_thresholds(cands, truth, margin=1.0)
+    loose, tight = (tune_thresholds(cands, truth, margin=m, bootstrap=0) for m in (0, 1.0))
     for name in sorted(set(truth.particle_type)):
         assert tight[name] >= loose[name]
     recall = {m: score_at(cands, truth, th).per_class.set_index("particle_type")["recall"]
@@ -230,8 +230,8 @@ def test_cross_fitted_score_is_honest_where_folds_disagree():
     cands, truth = pd.concat([ca, cb]), pd.concat([ta, tb])
     groups = {"runA": "fold0", "runB": "fold1"}
 
-    in_sample = score_at(cands, truth, tune_thresholds(cands, truth))
-    cross = cross_fitted_score(cands, truth, groups)
+    in_sample = score_at(cands, truth, tune_thresholds(cands, truth, bootstrap=0))
+    cross = cross_fitted_score(cands, truth, groups, bootstrap=0)
     assert 0.4 < cross.thresholds_by_fold["fold1"]["apo-ferritin"] <= 0.6  # tuned on fold A
     assert cross.thresholds_by_fold["fold0"]["apo-ferritin"] <= 0.4  # tuned on fold B
     counts = _brute_counts(cands, truth, lambda n, run: cross.thresholds_by_fold[groups[run]][n])
@@ -244,13 +244,35 @@ def test_cross_fitted_score_is_honest_where_folds_disagree():
     # folds that agree: cross-fitting reproduces the in-sample score
     cc, tc = _planted("runC", "apo-ferritin", 10, [0.6] * 10, [0.4] * 30, x0=90000)
     agree_c, agree_t = pd.concat([ca, cc]), pd.concat([ta, tc])
-    same = cross_fitted_score(agree_c, agree_t, {"runA": 0, "runC": 1})
-    assert same.score == pytest.approx(score_at(agree_c, agree_t, tune_thresholds(agree_c, agree_t)).score)
+    same = cross_fitted_score(agree_c, agree_t, {"runA": 0, "runC": 1}, bootstrap=0)
+    assert same.score == pytest.approx(score_at(agree_c, agree_t, tune_thresholds(agree_c, agree_t, bootstrap=0)).score)
 
     with pytest.raises(ConfigError, match="at least 2 folds"):
         cross_fitted_score(cands, truth, {"runA": 0, "runB": 0})
     with pytest.raises(DataError, match="runB"):
         cross_fitted_score(cands, truth, {"runA": 0})
+
+
+def test_bagged_thresholds_average_what_resampled_runs_agree_on():
+    # runA alone is best kept above its FPs at 0.4 (threshold in (0.4, 0.6]); runB's hits score 0.4 under
+    # FPs at 0.6, so alone it keeps everything (threshold <= 0.4). Pooled, one tuning takes one side.
+    ca, ta = _planted("runA", "apo-ferritin", 10, [0.6] * 10, [0.4] * 30)
+    cb, tb = _planted("runB", "apo-ferritin", 10, [0.4] * 10, [0.6] * 30, x0=50000)
+    cands, truth = pd.concat([ca, cb]), pd.concat([ta, tb])
+    alone = {run: tune_thresholds(c, t, bootstrap=0)["apo-ferritin"] for run, c, t in (("A", ca, ta), ("B", cb, tb))}
+    assert alone["B"] <= 0.4 < alone["A"] <= 0.6
+    bagged = tune_thresholds(cands, truth)["apo-ferritin"]  # BOOTSTRAP resamples: AA, AB, BA, BB
+    assert BOOTSTRAP > 0 and alone["B"] < bagged < alone["A"]
+    assert bagged not in (alone["A"], alone["B"], tune_thresholds(cands, truth, bootstrap=0)["apo-ferritin"])
+    assert tune_thresholds(cands, truth) == tune_thresholds(cands, truth)  # a fixed seed: reproducible
+    # one run: every resample is that run
+    assert tune_thresholds(ca, ta) == tune_thresholds(ca, ta, bootstrap=0)
+    # on a grid: a grid value
+    grid = np.round(np.arange(0, 1.0001, 0.05), 2)
+    assert tune_thresholds(cands, truth, grid=grid)["apo-ferritin"] in set(grid)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="bootstrap"):
+            tune_thresholds(cands, truth, bootstrap=bad)
 
 
 def test_bad_tables_raise_clear_errors(synthetic):
@@ -373,6 +395,13 @@ def test_cli_tune_on_a_hand_made_run_dir(tmp_path, capsys):
     assert main(["tune", "--run-dir", str(single), "--out", str(target), "--margin", "0"]) == 0
     assert load_thresholds(target) == pytest.approx(tune_thresholds(cands, truth, margin=0))
     assert json.loads(target.read_text())["margin"] == 0
+
+    # --bootstrap 0: one tuning on the runs as they are, recorded (the default's count otherwise)
+    assert json.loads((run_dir / "thresholds.json").read_text())["bootstrap"] == BOOTSTRAP
+    assert main(["tune", "--run-dir", str(single), "--out", str(target), "--bootstrap", "0"]) == 0
+    assert load_thresholds(target) == pytest.approx(tune_thresholds(cands, truth, bootstrap=0))
+    assert json.loads(target.read_text())["bootstrap"] == 0
+    assert tune_thresholds(cands, truth, bootstrap=0) != tune_thresholds(cands, truth)
 
 
 def test_cli_tune_errors(tmp_path, capsys):

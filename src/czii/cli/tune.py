@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin", type=float, default=None, metavar="M",
                         help="no threshold below M × the score of the weakest out-of-fold truth point it keeps "
                              "(default czii.postprocess.thresholds.MARGIN = 0.5; 0 = off)")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                        help="average the thresholds tuned on N resamples of the runs drawn with replacement "
+                             "(default czii.postprocess.thresholds.BOOTSTRAP = 50; 0 = tune once)")
     parser.add_argument(
         "--grid",
         type=_grid,
@@ -72,12 +75,13 @@ def run(args: argparse.Namespace) -> int:
 
         spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=chosen_device(args))
         print(f"re-predicted the out-of-fold runs under predictor spec {spec.hash}")
-    from czii.postprocess.thresholds import MARGIN, TOLERANCE
+    from czii.postprocess.thresholds import BOOTSTRAP, MARGIN, TOLERANCE
 
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     margin = MARGIN if args.margin is None else args.margin
+    bootstrap = BOOTSTRAP if args.bootstrap is None else args.bootstrap
     rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid, allow_unfinished=args.allow_unfinished,
-                       tolerance=tolerance, margin=margin)
+                       tolerance=tolerance, margin=margin, bootstrap=bootstrap)
     n_runs = sum(len(r) for r in rep.folds.values())
     print(
         f"{args.run_dir}: {len(rep.folds)} fold(s), {n_runs} runs, "
