@@ -26,8 +26,8 @@ voxel ``j`` is centred on input voxel ``2j`` (not ``2j + 1/2`` as a space-to-dep
 upsampling reads input voxel ``i`` at grid coordinate ``i/2`` (``align_corners=True`` on the grid
 padded by one edge voxel). Targets, loss, tiles and peaks stay on the input grid. A full-resolution
 block of few channels is what oneDNN computes worst on CPU: in ``cpu_15min`` (decoder 32-16-8 at 20 Å
-voxels) it and the head took about 70 % of a bf16 training step on 2 cores; without it a step took
-0.089 s instead of 0.169 s.
+voxels) it and the head took over half of a bf16, channels_last_3d training step on 2 cores; without
+it a step took 0.081 s instead of 0.14–0.17 s (``benchmarks/ablation_cpu.md`` v11).
 
 ``model.deep_supervision`` adds a 1×1×1 head on every decoder level but the last (network strides
 ``2^(depth-1)`` … 2). In training mode the model then returns ``(logits, [coarse logits, finest
