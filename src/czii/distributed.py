@@ -46,6 +46,11 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun launched it (0 outside torchrun), before any process group exists."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def init_distributed(device: str) -> DistContext:
     """Join the torchrun process group when there is one; otherwise a single-process context."""
     dev = resolve_device(device)

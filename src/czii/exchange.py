@@ -21,21 +21,42 @@ from czii.errors import DataError
 from czii.formats.exports import Frame, read_picks, tbl_sidecar, write_picks
 from czii.formats.picks_json import picks_document, write_picks_json
 from czii.io import check_output
+from czii.particles import known_names
 from czii.submission import manifest_path, read_scored_submission
 
 
-def manifest_frames(submission_csv: str | Path) -> dict[str, Frame]:
-    """Each run's tomogram frame from the manifest ``czii infer`` wrote beside ``submission_csv``."""
+def _manifest(submission_csv: str | Path) -> tuple[Path, dict]:
     path = manifest_path(submission_csv)
     if not path.is_file():
         raise DataError(f"{path}: no manifest beside {submission_csv}; export needs the one `czii infer` writes "
                         "(it records each run's tomogram shape and voxel size)")
-    inputs = json.loads(path.read_text()).get("inputs")
+    try:
+        return path, json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def manifest_frames(submission_csv: str | Path) -> dict[str, Frame]:
+    """Each run's tomogram frame from the manifest ``czii infer`` wrote beside ``submission_csv``."""
+    path, manifest = _manifest(submission_csv)
+    inputs = manifest.get("inputs")
     if not inputs:
         raise DataError(f"{path}: the manifest records no tomogram frames (written before czii recorded them); "
                         "re-run `czii infer`")
     return {run: Frame(tuple(f["frame_shape_zyx"]), float(f["frame_spacing_zyx_A"][-1]),
                        tuple(f.get("translation_zyx_A", (0.0, 0.0, 0.0)))) for run, f in inputs.items()}
+
+
+def _check_particle_types(table: pd.DataFrame, submission_csv: str | Path) -> None:
+    """DataError naming every particle type of ``table`` that the predictor which wrote ``submission_csv`` does
+    not predict (its manifest's ``classes``; the registered classes for a manifest without them): an edited or
+    foreign CSV would otherwise be exported under a class name no downstream tool knows."""
+    path, manifest = _manifest(submission_csv)
+    known = manifest.get("classes") or list(known_names())
+    unknown = sorted(set(table["particle_type"]) - set(known))
+    if unknown:
+        raise DataError(f"{submission_csv}: particle types {unknown} are not classes of the predictor that wrote it "
+                        f"({path}); known: {', '.join(known)}")
 
 
 def export_submission(submission_csv: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False,
@@ -44,6 +65,7 @@ def export_submission(submission_csv: str | Path, fmt: str, out: str | Path, *, 
     written and the number of picks."""
     table = read_scored_submission(submission_csv)
     frames = manifest_frames(submission_csv)
+    _check_particle_types(table, submission_csv)
     if particles:
         unknown = sorted(set(particles) - set(table["particle_type"]))
         if unknown:

@@ -67,7 +67,7 @@ from czii.postprocess.thresholds import TuneReport, read_oof_spec, tune_run_dir
 from czii.report import OVERLAY_FILE, OverlaySlab, Report, build_report, overlay_slab
 from czii.inference import Predictor
 from czii.predictor import MemberSpec, PredictorSpec, run_dir_spec, spec_yaml
-from czii.rundir import FoldDir, RunDir, check_finished, read_status
+from czii.rundir import FoldDir, RunDir, check_finished, read_status, writing
 from czii.training.data import class_picks, fold_runs, open_sources, split_fold
 from czii.training.loop import train
 from czii.training.oof import load_val_runs, write_oof
@@ -282,8 +282,10 @@ def run_experiment(
     device: str = "cpu",
     leaderboard: str | os.PathLike = DEFAULT_LEADERBOARD,
     workdir: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> ExperimentResult:
-    """Train, tune, report and rank ``config`` as experiment ``name`` (steps in the module docstring)."""
+    """Train, tune, report and rank ``config`` as experiment ``name`` (steps in the module docstring), holding
+    the run directory's lock throughout (:func:`czii.rundir.writing`; ``force`` takes over a stale one)."""
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"experiment name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder "
                           "and a leaderboard row)")
@@ -297,6 +299,14 @@ def run_experiment(
     run_dir = check_output(Path(out_root) / name, "run directory", kind="dir", overwrite=True)
     check_output(leaderboard, "leaderboard", overwrite=True)
     rd = RunDir(run_dir)
+    with writing(rd, force=force):
+        return _run_experiment(config, name, rd, folds, device, dev, leaderboard, workdir, datasets, force)
+
+
+def _run_experiment(config: Config, name: str, rd: RunDir, folds: list[int], device: str, dev: torch.device,
+                    leaderboard: str | os.PathLike, workdir, datasets: dict[str, Dataset],
+                    force: bool) -> ExperimentResult:
+    run_dir = rd.path
     stray = sorted(f.name for f in rd.folds() if f.index not in folds)
     if stray:
         raise ConfigError(f"{run_dir} holds {', '.join(stray)}, which the requested folds {folds} leave out (its "
@@ -304,7 +314,8 @@ def run_experiment(
     states = {k: _fold_state(rd.fold(k), config) for k in folds}
     for k in folds:
         if states[k] != "reused":
-            train(config, fold=k, out_dir=run_dir, resume=states[k] == "resumed", device=device, workdir=workdir)
+            train(config, fold=k, out_dir=run_dir, resume=states[k] == "resumed", device=device, workdir=workdir,
+                  force=force)
 
     tune = tune_run_dir(run_dir)
     slab = _overlay(config, run_dir, folds, datasets, dev, tune)

@@ -58,6 +58,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 from tqdm import tqdm
 
+from czii import locks
 from czii.geometry import CZII_SHAPE_ZYX
 from czii.errors import BuildError, ConfigError, DataError
 from czii.io import check_output, git_commit, git_dirty, sha256_file, temp_sibling
@@ -489,6 +490,7 @@ def build_kaggle_dataset(
     allow_spec_mismatch: bool = False,
     allow_unfinished: bool = False,
     progress: bool = True,
+    force: bool = False,
 ) -> BuildResult:
     """Write the offline Kaggle dataset folder for ``models`` to ``out`` (layout in the module docstring).
 
@@ -496,13 +498,23 @@ def build_kaggle_dataset(
     (:func:`czii.inference.pipeline.resolve_predictor`). ``project_dir`` (default: the checkout
     holding this module) gives the source tree and ``constraints.txt``. ``tta`` and
     ``thresholds`` override what comes with the models; thresholds tuned under another spec are
-    refused unless ``allow_spec_mismatch``, unfinished training unless ``allow_unfinished``.
+    refused unless ``allow_spec_mismatch``, unfinished training unless ``allow_unfinished``. Holds the
+    lock ``<out>.lock`` while it builds (:mod:`czii.locks`; ``force`` takes over a stale one).
     """
     started = time.perf_counter()
     out = Path(out)
     project_dir = Path(project_dir) if project_dir is not None else Path(__file__).resolve().parents[2]
     _check_out(out, project_dir, models)
     check_output(out, "--out", kind="dir", overwrite=True)
+    with locks.hold(locks.sibling_lock(out), "Kaggle dataset folder", out, force=force):
+        return _build(models, out, started, project_dir, target=target, wheels_from=wheels_from, cache_dir=cache_dir,
+                      constraints=constraints, tta=tta, thresholds=thresholds, allow_spec_mismatch=allow_spec_mismatch,
+                      allow_unfinished=allow_unfinished, progress=progress)
+
+
+def _build(models, out: Path, started: float, project_dir: Path, *, target: WheelTarget, wheels_from, cache_dir,
+           constraints, tta, thresholds, allow_spec_mismatch: bool, allow_unfinished: bool,
+           progress: bool) -> BuildResult:
     pins = read_pins(constraints if constraints is not None else project_dir / "constraints.txt")
     source = WheelSource(target, Path(cache_dir) if cache_dir is not None else default_cache_dir(target),
                          Path(wheels_from) if wheels_from is not None else None)

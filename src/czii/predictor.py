@@ -140,6 +140,22 @@ def spec_hash(spec: PredictorSpec | dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
+def check_recorded_hash(doc: Mapping[str, Any], where: str, error: type[Exception] = ConfigError) -> None:
+    """``error`` naming ``where`` when a file's recorded ``spec_hash`` is not the hash of the recipe it records
+    (``spec``): the recipe was edited after the file was written, so the hash no longer describes it and
+    thresholds or candidates filed under it would describe another predictor."""
+    if not isinstance(doc.get("spec"), dict) or "spec_hash" not in doc:
+        return
+    try:
+        actual = spec_hash(doc["spec"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise error(f"{where}: its 'spec' is not a predictor recipe ({type(exc).__name__}: {exc})") from None
+    if actual != doc["spec_hash"]:
+        raise error(f"{where}: records predictor spec hash {doc['spec_hash']}, but the recipe it records hashes to "
+                    f"{actual}: the file was edited after it was written; re-create it (`czii tune`, or "
+                    "`czii tune --repredict` for out-of-fold candidates) instead of editing it")
+
+
 def spec_differences(a: PredictorSpec | dict, b: PredictorSpec | dict) -> list[str]:
     """``key: a → b`` for every score-relevant setting that differs."""
     flat = []
@@ -382,6 +398,7 @@ def load_thresholds_doc(path: str | os.PathLike) -> dict:
     doc["thresholds"] = check_threshold_map(doc["thresholds"], f"thresholds file {path}")
     if "spec_hash" in doc and not isinstance(doc["spec_hash"], str):
         raise ConfigError(f"thresholds file {path}: spec_hash must be a string, got {doc['spec_hash']!r}")
+    check_recorded_hash(doc, f"thresholds file {path}")
     return doc
 
 

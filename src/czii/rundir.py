@@ -7,8 +7,10 @@ find each other's files. Only this module spells the names.
   predictor.yaml              the shipped predictor spec (czii.predictor), written by `czii tune`
   thresholds.json             tuned thresholds + the hash of the spec they were tuned under
   report/                     figures (`czii experiment`, `czii report`)
+  czii.lock                   while `czii tune` or `czii experiment` writes here (czii.locks)
   fold<K>/
     config.yaml, seed.json    resolved config; seed, fold, held-out runs, config hash
+    czii.lock                 while `czii train` trains this fold
     status.json               planned and done epochs, finished (after every epoch)
     history.csv               epoch, train_loss, val_score, lr, seconds
     checkpoints/last.pt       every epoch (resume state included)
@@ -26,10 +28,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from czii import locks
 from czii.errors import DataError
 from czii.io import atomic_write_text
 
@@ -126,6 +130,15 @@ class RunDir:
         found = [FoldDir(p) for p in self.path.iterdir() if p.is_dir() and _FOLD_NAME.fullmatch(p.name)]
         return sorted(found, key=lambda f: f.index)
 
+
+@contextmanager
+def writing(run_dir: RunDir, *, force: bool = False) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (:mod:`czii.locks`; ``force`` takes over a stale one) and refuse while another
+    process trains one of its folds: what tunes, re-predicts or runs an experiment in it holds this."""
+    with locks.hold(locks.folder_lock(run_dir.path), "run directory", run_dir.path, force=force):
+        for fold in run_dir.folds():
+            locks.check_free(locks.folder_lock(fold.path), "fold", fold.path)
+        yield
 
 
 def write_status(fold: FoldDir, done_epochs: int, planned_epochs: int) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from czii.errors import CziiError
 
@@ -39,6 +41,13 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str | None = N
                         help=f"cpu or cuda (default: {default or 'cuda when available, else cpu'})")
 
 
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    """``--force``: take over a stale lock of the output (:mod:`czii.locks`), left by a writer that was killed."""
+    parser.add_argument("--force", action="store_true",
+                        help="take over a stale lock of the output, left by a czii process that was killed or "
+                             "crashed (a lock held by a running process is always refused)")
+
+
 def chosen_device(args: argparse.Namespace) -> str:
     """The ``--device`` given, else ``cuda`` when available, else ``cpu``."""
     if args.device:
@@ -64,8 +73,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler's stop, `kill`) unwinds like an error: locks are released, temporary files removed
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     try:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from czii.cli import add_device_argument, chosen_device
+from czii.cli import add_device_argument, add_force_argument, chosen_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--leaderboard", help="leaderboard CSV to update (default: submissions/leaderboard.csv)")
     parser.add_argument("--workdir", help="where Kaggle picks are staged for copick (default: a cache folder)")
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         config = with_data_paths(config, args.data)
     result = run_experiment(config, name=args.name or Path(args.config).stem, out_root=args.out, folds=args.folds,
                             device=chosen_device(args), leaderboard=args.leaderboard or DEFAULT_LEADERBOARD,
-                            workdir=args.workdir)
+                            workdir=args.workdir, force=args.force)
     tune, row = result.tune, result.row
     print(f"{result.run_dir}: " + ", ".join(f"fold{k} {state}" for k, state in result.folds.items()))
     print(f"score at default thresholds:               {tune.score_default:.4f}")

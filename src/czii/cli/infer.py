@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from czii.cli import add_device_argument
+from czii.cli import add_device_argument, add_force_argument
 from czii.registry import TTA_PRESETS
 
 
@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV, its manifest and score sidecar")
+    add_force_argument(parser)
     parser.add_argument("--out", required=True, metavar="CSV",
                         help="submission CSV to write, e.g. submissions/<name>.csv (manifest: <CSV>.manifest.json)")
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds=args.thresholds, device=args.device, copick_user=args.copick_user,
         copick_session=args.copick_session, tile_zyx=args.tile, batch_size=args.batch_size,
         allow_spec_mismatch=args.allow_spec_mismatch, overwrite=args.overwrite, nan_policy=args.nan_policy,
-        allow_unfinished=args.allow_unfinished, voxel_size_A=args.voxel_size,
+        allow_unfinished=args.allow_unfinished, voxel_size_A=args.voxel_size, force=args.force,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.manifest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from czii.cli import add_force_argument
 from czii.registry import TTA_PRESETS
 from czii.kaggle import KAGGLE_PLATFORMS, KAGGLE_PYTHON_VERSION, PROVIDED_PATTERNS, WheelTarget, build_kaggle_dataset
 
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ship thresholds tuned under another predictor spec (e.g. after --tta); recorded")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="ship models whose training did not run every planned epoch; recorded in the manifest")
+    add_force_argument(parser)
     parser.epilog = f"Not bundled (assumed present on Kaggle): {', '.join(PROVIDED_PATTERNS)}."
 
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result = build_kaggle_dataset(args.models, args.out, target=target, wheels_from=args.wheels_from,
                                   tta=tta, thresholds=args.thresholds,
                                   allow_spec_mismatch=args.allow_spec_mismatch,
-                                  allow_unfinished=args.allow_unfinished)
+                                  allow_unfinished=args.allow_unfinished, force=args.force)
     m = result.manifest
     print(f"{len(m['wheels'])} wheels ({result.wheels_bytes / 2**20:.0f} MiB) for {target.key}, "
           f"{len(m['models']['members'])} models ({m['models']['description']}), TTA {', '.join(m['models']['tta'])}, "

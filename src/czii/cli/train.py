@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from czii.cli import add_device_argument, chosen_device
+from czii.cli import add_device_argument, add_force_argument, chosen_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. --set train.epochs=3 patch.size_zyx=[32,64,64]")
     add_device_argument(parser)
+    add_force_argument(parser)
     parser.add_argument("--workdir", help="where Kaggle picks are staged for copick (default: a cache folder)")
 
 
@@ -32,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
         config = with_data_paths(config, args.data)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     fold_dir = train(config, fold=args.fold, out_dir=out, resume=args.resume, device=chosen_device(args),
-                     workdir=args.workdir, max_epochs=args.stop_after_epochs)
+                     workdir=args.workdir, max_epochs=args.stop_after_epochs, force=args.force)
     print(fold_dir)
     return 0

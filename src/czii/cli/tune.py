@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from czii.cli import add_device_argument, chosen_device
+from czii.cli import add_device_argument, add_force_argument, chosen_device
 
 
 
@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
                         help="average the thresholds tuned on N resamples of the runs drawn with replacement "
                              "(default czii.postprocess.thresholds.BOOTSTRAP = 50; 0 = tune once)")
+    add_force_argument(parser)
     parser.add_argument(
         "--grid",
         type=_grid,
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.overrides or args.repredict:
         from czii.training.oof import repredict_run_dir
 
-        spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=chosen_device(args))
+        spec = repredict_run_dir(args.run_dir, overrides=args.overrides, data=args.data, device=chosen_device(args),
+                                 force=args.force)
         print(f"re-predicted the out-of-fold runs under predictor spec {spec.hash}")
     from czii.postprocess.thresholds import BOOTSTRAP, MARGIN, TOLERANCE
 
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     margin = MARGIN if args.margin is None else args.margin
     bootstrap = BOOTSTRAP if args.bootstrap is None else args.bootstrap
     rep = tune_run_dir(args.run_dir, out=args.out, grid=args.grid, allow_unfinished=args.allow_unfinished,
-                       tolerance=tolerance, margin=margin, bootstrap=bootstrap)
+                       tolerance=tolerance, margin=margin, bootstrap=bootstrap, force=args.force)
     n_runs = sum(len(r) for r in rep.folds.values())
     print(
         f"{args.run_dir}: {len(rep.folds)} fold(s), {n_runs} runs, "

@@ -246,6 +246,11 @@ class Dataset:
         levels = sorted(int(p) for p in paths if isinstance(p, str) and p.isdigit())
         return [(lv, level_spacing_zyx_A(zattrs, lv, where)) for lv in levels]
 
+    def tomogram_path(self, run: str, tomo_type: str | None = None) -> Path:
+        """The folder of one tomogram's zarr store (where its files lie; nothing is read)."""
+        *_, where = self._group(run, tomo_type)
+        return Path(where)
+
     def source_facts(self, run: str) -> dict:
         """Where the run's tomogram comes from and where its voxel size was read (for manifests)."""
         return {"format": "ome-zarr (copick)", "spacing_source": "OME-Zarr scale", "translation_zyx_A": [0.0] * 3}

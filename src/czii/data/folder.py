@@ -49,6 +49,11 @@ class TomogramFolder:
         """(level, spacing z, y, x Å) of the tomogram: one level, the file's own voxels."""
         return [(0, self.file(run).spacing_zyx_A)]
 
+    def tomogram_path(self, run: str, tomo_type: str | None = None) -> Path:
+        """The run's MRC file or OME-Zarr store."""
+        self._check(run, tomo_type, 0)
+        return self.file(run).path
+
     def source_facts(self, run: str) -> dict:
         """Where the run's tomogram comes from and where its voxel size was read (for manifests)."""
         f = self.file(run)

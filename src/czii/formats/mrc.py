@@ -3,6 +3,11 @@
 Axes: an MRC volume is stored z (sections), y (rows), x (columns), as numpy reads it; the header's
 ``voxel_size`` is Å per voxel along x, y, z and is returned here as z, y, x. The header origin is
 not applied (RELION and IMOD coordinates count voxels from the first one; so does czii).
+
+Mode 0 (bytes) is signed in MRC2014, which ``mrcfile`` follows, but IMOD writes unsigned bytes unless
+its header says otherwise: a file with IMOD's stamp (``imodStamp`` = 1146047817 at byte 152) whose
+``imodFlags`` (byte 156) lacks bit 0 ("bytes are signed") holds unsigned bytes, and is read so; read as
+signed, every voxel above 127 would wrap to a negative value.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from czii.errors import DataError
 from czii.io import atomic_path
 
 MRC_SUFFIXES = (".mrc", ".rec", ".mrcs", ".map")
+IMOD_STAMP = 1146047817
+_IMOD_STAMP_OFFSET = 152  # then imodFlags at 156, both int32 in the header's byte order
+IMOD_FLAG_SIGNED_BYTES = 1
 
 
 @dataclass(frozen=True)
@@ -44,13 +52,24 @@ def read_mrc_header(path: str | Path) -> MrcHeader:
                          (float(size.z), float(size.y), float(size.x)))
 
 
+def unsigned_bytes(header: np.recarray) -> bool:
+    """True when a mode-0 header was written by IMOD without its signed-bytes flag (module docstring)."""
+    if int(header.mode) != 0:
+        return False
+    order = header.nx.dtype.byteorder
+    stamp, flags = np.frombuffer(header.tobytes(), dtype=np.dtype(np.int32).newbyteorder(order), count=2,
+                                 offset=_IMOD_STAMP_OFFSET)
+    return int(stamp) == IMOD_STAMP and not int(flags) & IMOD_FLAG_SIGNED_BYTES
+
+
 def read_mrc(path: str | Path) -> np.ndarray:
-    """The voxels of ``path`` as float32 z, y, x (read through a memory map)."""
+    """The voxels of ``path`` as float32 z, y, x (read through a memory map; IMOD's unsigned bytes as such)."""
     path = Path(path)
     with _open(path) as mrc:
         if mrc.data.ndim != 3:
             raise DataError(f"{path}: expected a 3-D z,y,x volume, got shape {mrc.data.shape}")
-        return np.asarray(mrc.data, dtype=np.float32).copy()
+        data = mrc.data.view(np.uint8) if unsigned_bytes(mrc.header) else mrc.data
+        return np.asarray(data, dtype=np.float32).copy()
 
 
 def write_mrc(path: str | Path, volume_zyx: np.ndarray, voxel_size_A: float) -> None:

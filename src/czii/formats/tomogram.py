@@ -48,14 +48,30 @@ class TomogramFile:
 
 
 def is_bare_omezarr(path: Path) -> bool:
-    """True for a ``.zarr`` store with OME ``multiscales`` metadata."""
+    """True for a zarr store with a ``.zattrs`` that is named ``*.zarr`` (whatever its metadata holds: a broken
+    one is reported as such by :func:`find_tomograms`) or holds OME ``multiscales`` metadata."""
     zattrs = path / ".zattrs"
     if not (path.is_dir() and zattrs.is_file()):
         return False
+    if path.suffix.lower() == ".zarr":
+        return True
     try:
         return "multiscales" in json.loads(zattrs.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
+
+
+def _read_zattrs(path: Path) -> dict:
+    zattrs = path / ".zattrs"
+    try:
+        doc = json.loads(zattrs.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{zattrs}: unreadable OME-Zarr metadata ({exc}); expected a JSON object with "
+                        "'multiscales'") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{zattrs}: OME-Zarr metadata must be a JSON object with 'multiscales', got "
+                        f"{type(doc).__name__}")
+    return doc
 
 
 def _is_tomogram_file(path: Path) -> bool:
@@ -74,7 +90,7 @@ def is_tomogram_source(source: str | Path) -> bool:
 
 
 def _omezarr_facts(path: Path) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, float, float]]:
-    zattrs = json.loads((path / ".zattrs").read_text())
+    zattrs = _read_zattrs(path)
     spacing = level_spacing_zyx_A(zattrs, 0, str(path))
     translation = (0.0, 0.0, 0.0)
     for dataset in zattrs["multiscales"][0]["datasets"]:
@@ -85,7 +101,10 @@ def _omezarr_facts(path: Path) -> tuple[tuple[int, int, int], tuple[float, ...],
     zarray = path / "0" / ".zarray"
     if not zarray.is_file():
         raise DataError(f"{path}: no level-0 array ({zarray} is missing)")
-    shape = tuple(int(s) for s in json.loads(zarray.read_text())["shape"])
+    try:
+        shape = tuple(int(s) for s in json.loads(zarray.read_text())["shape"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{zarray}: unreadable zarr array metadata ({type(exc).__name__}: {exc})") from None
     return shape, spacing, translation
 
 

@@ -26,9 +26,9 @@ Contract of :func:`run_inference` (what ``czii infer`` and the Kaggle notebook c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,12 +42,13 @@ import torch
 from tqdm import tqdm
 
 from czii import distributed as ddp
+from czii import locks
 from czii.data import Dataset, TomogramFolder, open_input
 from czii.errors import ConfigError, DataError
 from czii.formats.tomogram import is_tomogram_source
 from czii.geometry import extent_xyz_A
 from czii.inference.predictor import Predictor, checkpoints_spec
-from czii.inference.resume import RunStore, work_dir
+from czii.inference.resume import RunStore, input_identity, work_dir
 from czii.inference.sharding import gather_outcomes, shard_runs
 from czii.io import atomic_write_text, check_output, git_commit, sha256_file
 from czii.models import read_checkpoint
@@ -143,14 +144,21 @@ def _select_runs(dataset: Dataset | TomogramFolder, runs: Sequence[str] | None) 
     return selected
 
 
-def _check_tomogram_types(dataset: Dataset | TomogramFolder, runs: Sequence[str], input_channels: Sequence[str]) -> None:
-    """DataError naming the first run that lacks a tomogram type the models read (metadata only)."""
+def _check_inputs(dataset: Dataset | TomogramFolder, runs: Sequence[str], predictor: Predictor) -> None:
+    """DataError naming the first run that lacks a tomogram type the models read, or whose level 0 (the frame
+    picks refer to) or the level its input is read from cannot be opened: metadata only, before any run is
+    predicted, so a broken run stops the command before hours of work instead of after them."""
+    input_channels = predictor.spec.input.channels
     for run in runs:
         present = dataset.tomogram_types(run)
         missing = [t for t in input_channels if t not in present]
         if missing:
             raise DataError(f"run {run!r} has no tomogram of type {', '.join(map(repr, missing))} (the models read "
                             f"{', '.join(input_channels)}); types present: {', '.join(present)}")
+        level = predictor.plan(dataset, run).level
+        for tomo_type in input_channels:
+            for lv in sorted({0, level}):
+                dataset.tomogram_shape(run, tomo_type, lv)
 
 
 def _input_facts(dataset: Dataset | TomogramFolder, run: str, info: dict, channel: str) -> dict:
@@ -197,6 +205,7 @@ def run_inference(
     nan_policy: str | None = None,
     allow_unfinished: bool = False,
     voxel_size_A: float | None = None,
+    force: bool = False,
 ) -> InferenceResult:
     """Predict ``runs`` (default: all) of ``data`` with ``models`` and write ``out_csv`` + manifest.
 
@@ -207,125 +216,129 @@ def run_inference(
     replaces the spec's; ``device`` defaults to CUDA when available. ``data`` may also be a folder or glob of
     MRC/REC files or a bare OME-Zarr store (:class:`czii.data.TomogramFolder`; ``voxel_size_A`` overrides their
     headers); every run is brought to the members' voxel size and its picks come back in its own frame (Å). An existing ``out_csv`` (or its
-    manifest) is refused unless ``overwrite``; an unwritable one before anything is read. See the
-    module docstring.
+    manifest) is refused unless ``overwrite``; an unwritable one before anything is read. Rank 0 holds
+    ``<out_csv>.lock`` throughout (:mod:`czii.locks`; ``force`` takes over a stale one), so two inferences
+    never share an output or its work folder. See the module docstring.
     """
     started = time.perf_counter()
     out_csv = check_output(out_csv, "output", overwrite=overwrite)
     check_output(manifest_path(out_csv), "manifest", overwrite=overwrite)
     check_output(scores_path(out_csv), "score sidecar", overwrite=overwrite)
-    # everything that needs no model is checked first: building models takes a while
-    spec, check, unfinished = resolve_predictor(
-        models, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size, thresholds=thresholds,
-        allow_spec_mismatch=allow_spec_mismatch, nan_policy=nan_policy, allow_unfinished=allow_unfinished)
-    thr = threshold_values(spec, check)
-    dataset = _open(data, split, voxel_size_A, spec.input.channels)
-    selected = _select_runs(dataset, runs)
-    if copick_user is not None:
-        # validates the ids (and refuses the truth user); a table without runs writes nothing
-        dataset.write_picks(empty_table(CANDIDATE_COLUMNS), user_id=copick_user, session_id=copick_session)
-    ctx = ddp.init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        predictor = Predictor.load(spec, ctx.device)
-        _check_tomogram_types(dataset, selected, spec.input.channels)
-        if ctx.is_main and check.status == "defaults":
-            print(f"note: no thresholds file given or found with the models; using the default thresholds {thr} "
-                  "(tune them with `czii tune`)", file=sys.stderr)
-        if ctx.is_main and check.status == "unrecorded":
-            print(f"note: {check.source} does not record the predictor spec it was tuned under; it cannot be "
-                  f"checked against this predictor (spec {spec.hash})", file=sys.stderr)
-        if ctx.is_main and unfinished:
-            print(f"warning: unfinished training used (--allow-unfinished; recorded in the manifest): "
-                  f"{'; '.join(unfinished)}", file=sys.stderr)
-        if ctx.is_main and check.status == "mismatch-allowed":
-            print(f"warning: {check.source} was tuned under spec {check.tuned_hash}, this predictor is spec "
-                  f"{spec.hash} (--allow-spec-mismatch; recorded in the manifest)", file=sys.stderr)
+    lock = (locks.hold(locks.sibling_lock(out_csv), "output", out_csv, force=force) if ddp.launched_rank() == 0
+            else contextlib.nullcontext())
+    with lock:
+        # everything that needs no model is checked first: building models takes a while
+        spec, check, unfinished = resolve_predictor(
+            models, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size, thresholds=thresholds,
+            allow_spec_mismatch=allow_spec_mismatch, nan_policy=nan_policy, allow_unfinished=allow_unfinished)
+        thr = threshold_values(spec, check)
+        dataset = _open(data, split, voxel_size_A, spec.input.channels)
+        selected = _select_runs(dataset, runs)
+        if copick_user is not None:
+            # validates the ids (and refuses the truth user); a table without runs writes nothing
+            dataset.write_picks(empty_table(CANDIDATE_COLUMNS), user_id=copick_user, session_id=copick_session)
+        ctx = ddp.init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            predictor = Predictor.load(spec, ctx.device)
+            _check_inputs(dataset, selected, predictor)
+            if ctx.is_main and check.status == "defaults":
+                print(f"note: no thresholds file given or found with the models; using the default thresholds {thr} "
+                      "(tune them with `czii tune`)", file=sys.stderr)
+            if ctx.is_main and check.status == "unrecorded":
+                print(f"note: {check.source} does not record the predictor spec it was tuned under; it cannot be "
+                      f"checked against this predictor (spec {spec.hash})", file=sys.stderr)
+            if ctx.is_main and unfinished:
+                print(f"warning: unfinished training used (--allow-unfinished; recorded in the manifest): "
+                      f"{'; '.join(unfinished)}", file=sys.stderr)
+            if ctx.is_main and check.status == "mismatch-allowed":
+                print(f"warning: {check.source} was tuned under spec {check.tuned_hash}, this predictor is spec "
+                      f"{spec.hash} (--allow-spec-mismatch; recorded in the manifest)", file=sys.stderr)
 
-        key = {"spec": dataclasses.asdict(spec), "thresholds": thr, "data": str(Path(data).resolve()),
-               "split": dataset.split,
-               "checkpoints": [[m.checkpoint, os.stat(m.checkpoint).st_size, os.stat(m.checkpoint).st_mtime_ns]
-                               for m in spec.members]}
-        store = RunStore(work_dir(out_csv), key if ctx.is_main else None)
-        ddp.barrier(ctx)
-        resumed = [run for run in store.done() if run in selected]
-        if ctx.is_main and resumed:
-            print(f"resuming: {len(resumed)} of {len(selected)} runs already predicted in {store.folder}",
-                  file=sys.stderr)
+            key = {"spec": dataclasses.asdict(spec), "thresholds": thr, "data": str(Path(data).resolve()),
+                   "split": dataset.split, "voxel_size_A": voxel_size_A,
+                   "checkpoints": input_identity([m.checkpoint for m in spec.members])}
+            store = RunStore(work_dir(out_csv), key if ctx.is_main else None)
+            ddp.barrier(ctx)
+            waiting = [run for run in store.done() if run in selected]
+            if ctx.is_main and waiting:
+                print(f"resuming: {len(waiting)} of {len(selected)} runs already predicted in {store.folder}",
+                      file=sys.stderr)
 
-        def predict_run(run: str) -> tuple[pd.DataFrame, dict]:
-            stored = store.load(run)
-            if stored is not None:
-                return stored
-            picks, info = predictor.predict_run(dataset, run, thr, progress)
-            store.save(run, picks, info)
-            return picks, info
+            def predict_run(run: str) -> tuple[pd.DataFrame, dict]:
+                identity = input_identity([dataset.tomogram_path(run, t) for t in spec.input.channels])
+                stored = store.load(run, identity)
+                if stored is not None:
+                    return stored
+                picks, info = predictor.predict_run(dataset, run, thr, progress)
+                store.save(run, picks, info, identity)
+                return picks, info
 
-        def predict_shard() -> dict[str, tuple[pd.DataFrame, dict]]:
-            mine = shard_runs(selected, ctx.rank, ctx.world_size)
-            desc = "runs" if not ctx.enabled else f"runs (rank {ctx.rank})"
-            bar = tqdm(mine, desc=desc, unit="run", disable=None if progress else True)
-            return {run: predict_run(run) for run in bar}
+            def predict_shard() -> dict[str, tuple[pd.DataFrame, dict]]:
+                mine = shard_runs(selected, ctx.rank, ctx.world_size)
+                desc = "runs" if not ctx.enabled else f"runs (rank {ctx.rank})"
+                bar = tqdm(mine, desc=desc, unit="run", disable=None if progress else True)
+                return {run: predict_run(run) for run in bar}
 
-        by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
-        for run in selected if ctx.is_main else ():
-            plan = by_run[run][1]["input"]
-            trained_at = predictor.spacing_zyx_A
-            if plan["resampled"] or plan["level"] != spec.input.level:
-                where = f"level {spec.input.level}" + ("" if trained_at is None else f", {trained_at[-1]:.4g} Å voxels")
-                print(f"note: run {run!r}: read level {plan['level']} at {plan['source_spacing_zyx_A'][-1]:.4g} Å and "
-                      f"predicted at {plan['spacing_zyx_A'][-1]:.4g} Å (factor {plan['factor']:.4g}; the models were "
-                      f"trained at {where}); recorded in the manifest", file=sys.stderr)
-        picks = pd.concat([by_run[run][0] for run in selected], ignore_index=True)
-        scored = to_submission(picks, keep_score=True)
-        submission = scored[list(SUBMISSION_COLUMNS)]
-        checks = {
-            "extents_xyz_A": {run: extent_xyz_A(info["shape_zyx"], info["spacing_zyx_A"])
-                              for run, (_, info) in by_run.items()},
-            "runs": selected,
-        }
-        validate_submission(submission, **checks)
-        manifest = {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "out_csv": str(out_csv),
-            "models": [str(m) for m in ([models] if isinstance(models, (str, Path)) else models)],
-            "spec_hash": spec.hash,
-            "spec": dataclasses.asdict(predictor.spec),  # with the members' voxel size
-            "checkpoints": [
-                {"path": m.checkpoint, "sha256": sha256_file(m.checkpoint), "weight": m.weight,
-                 "epoch": meta.get("epoch"), "val_score": meta.get("val_score")}
-                for m, meta in zip(spec.members, predictor.metas)
-            ],
-            "unfinished_members": unfinished,
-            "resumed_runs": resumed,
-            "model_spacing_zyx_A": [meta.get("spacing_zyx_A") for meta in predictor.metas],
-            "classes": list(spec.classes),
-            "input_channels": list(spec.input.channels),
-            "level": spec.input.level,
-            "thresholds": {"values": thr, "source": check.source if check.thresholds is not None
-                           else DEFAULT_THRESHOLDS_ORIGIN, "tuned_spec_hash": check.tuned_hash,
-                           "spec_check": check.status},
-            "tta": list(spec.tta),
-            "data": {"source": str(data), "split": dataset.split, "runs": selected},
-            "inputs": {run: _input_facts(dataset, run, by_run[run][1], spec.input.channels[0]) for run in selected},
-            "git_commit": git_commit(),
-            "device": str(ctx.device),
-            "world_size": ctx.world_size,
-            "torch_version": torch.__version__,
-            "timings": {run: by_run[run][1] for run in selected},
-            "picks_per_class": {name: int((picks["particle_type"] == name).sum()) for name in spec.classes},
-            "n_picks": len(submission),
-            "total_seconds": time.perf_counter() - started,
-        }
-        if ctx.is_main:
-            _write_outputs(out_csv, scored, manifest, **checks)
-            if copick_user is not None:
-                try:
-                    dataset.write_picks(picks, user_id=copick_user, session_id=copick_session)
-                except BaseException:
-                    for path in (out_csv, manifest_path(out_csv), scores_path(out_csv)):
-                        path.unlink(missing_ok=True)
-                    raise
-            store.remove()
-        return InferenceResult(submission=submission, manifest=manifest)
-    finally:
-        ddp.shutdown(ctx)
+            by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
+            for run in selected if ctx.is_main else ():
+                plan = by_run[run][1]["input"]
+                trained_at = predictor.spacing_zyx_A
+                if plan["resampled"] or plan["level"] != spec.input.level:
+                    where = f"level {spec.input.level}" + ("" if trained_at is None else f", {trained_at[-1]:.4g} Å voxels")
+                    print(f"note: run {run!r}: read level {plan['level']} at {plan['source_spacing_zyx_A'][-1]:.4g} Å and "
+                          f"predicted at {plan['spacing_zyx_A'][-1]:.4g} Å (factor {plan['factor']:.4g}; the models were "
+                          f"trained at {where}); recorded in the manifest", file=sys.stderr)
+            picks = pd.concat([by_run[run][0] for run in selected], ignore_index=True)
+            scored = to_submission(picks, keep_score=True)
+            submission = scored[list(SUBMISSION_COLUMNS)]
+            checks = {
+                "extents_xyz_A": {run: extent_xyz_A(info["shape_zyx"], info["spacing_zyx_A"])
+                                  for run, (_, info) in by_run.items()},
+                "runs": selected,
+            }
+            validate_submission(submission, **checks)
+            manifest = {
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "out_csv": str(out_csv),
+                "models": [str(m) for m in ([models] if isinstance(models, (str, Path)) else models)],
+                "spec_hash": spec.hash,
+                "spec": dataclasses.asdict(predictor.spec),  # with the members' voxel size
+                "checkpoints": [
+                    {"path": m.checkpoint, "sha256": sha256_file(m.checkpoint), "weight": m.weight,
+                     "epoch": meta.get("epoch"), "val_score": meta.get("val_score")}
+                    for m, meta in zip(spec.members, predictor.metas)
+                ],
+                "unfinished_members": unfinished,
+                "resumed_runs": [run for run in selected if by_run[run][1].get("resumed")],
+                "model_spacing_zyx_A": [meta.get("spacing_zyx_A") for meta in predictor.metas],
+                "classes": list(spec.classes),
+                "input_channels": list(spec.input.channels),
+                "level": spec.input.level,
+                "thresholds": {"values": thr, "source": check.source if check.thresholds is not None
+                               else DEFAULT_THRESHOLDS_ORIGIN, "tuned_spec_hash": check.tuned_hash,
+                               "spec_check": check.status},
+                "tta": list(spec.tta),
+                "data": {"source": str(data), "split": dataset.split, "runs": selected},
+                "inputs": {run: _input_facts(dataset, run, by_run[run][1], spec.input.channels[0]) for run in selected},
+                "git_commit": git_commit(),
+                "device": str(ctx.device),
+                "world_size": ctx.world_size,
+                "torch_version": torch.__version__,
+                "timings": {run: by_run[run][1] for run in selected},
+                "picks_per_class": {name: int((picks["particle_type"] == name).sum()) for name in spec.classes},
+                "n_picks": len(submission),
+                "total_seconds": time.perf_counter() - started,
+            }
+            if ctx.is_main:
+                _write_outputs(out_csv, scored, manifest, **checks)
+                if copick_user is not None:
+                    try:
+                        dataset.write_picks(picks, user_id=copick_user, session_id=copick_session)
+                    except BaseException:
+                        for path in (out_csv, manifest_path(out_csv), scores_path(out_csv)):
+                            path.unlink(missing_ok=True)
+                        raise
+                store.remove()
+            return InferenceResult(submission=submission, manifest=manifest)
+        finally:
+            ddp.shutdown(ctx)

@@ -1,11 +1,13 @@
 """Resumable inference: each finished run's picks are kept in a work folder beside the output.
 
-``<out>.work/`` holds ``key.json`` (what the picks depend on: the predictor spec and its hash, the
-thresholds, the data source and split) and one ``<run>.npz`` per finished run (its scored picks,
-exact float64, and the facts of its prediction), each written atomically. A rerun of the same
-command after an interruption (kill -9 included) predicts only the runs without a file and
-produces the same picks; a work folder with another key is discarded with a note. The folder is
-removed once the CSV and manifest are written; nothing is created before the first run finishes.
+``<out>.work/`` holds ``key.json`` (what every run's picks depend on: the predictor spec, the
+thresholds, the member checkpoints' size and modification time, the data source, split and voxel-size
+override) and one ``<run>.npz`` per finished run (its scored picks, exact float64, the facts of its
+prediction and the identity of its input files: :func:`input_identity`), each written atomically. A
+rerun of the same command after an interruption (kill -9 included) predicts only the runs without a
+file and produces the same picks. A work folder with another key is discarded with a note; a stored
+run whose input files changed since (replaced, rewritten, touched) is predicted again with a note. The
+folder is removed once the CSV and manifest are written; nothing is created before the first run finishes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,18 @@ import pandas as pd
 from czii.errors import DataError
 from czii.io import atomic_path, atomic_write_text
 from czii.picks import CANDIDATE_COLUMNS
+
+
+def input_identity(paths: Sequence[str | os.PathLike]) -> list[list]:
+    """``[path, size, mtime_ns]`` of every file of ``paths`` (files, or folders such as zarr stores, walked in
+    order): what changes when a tomogram is replaced or rewritten, without reading its voxels."""
+    out = []
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            st = f.stat()
+            out.append([str(f), st.st_size, st.st_mtime_ns])
+    return out
 
 
 def work_dir(out_csv: str | os.PathLike) -> Path:
@@ -58,8 +73,9 @@ class RunStore:
     def done(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.npz")) if self.folder.is_dir() else []
 
-    def load(self, run: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-        """The stored picks and facts of ``run``, or None when it has not finished."""
+    def load(self, run: str, identity: list[list]) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """The stored picks and facts of ``run``, or None when it has not finished or its input files no longer
+        have the ``identity`` (:func:`input_identity`) they had when it was predicted (a note says so)."""
         path = self._path(run)
         if not path.is_file():
             return None
@@ -71,12 +87,18 @@ class RunStore:
                     **{c: z[c].astype(np.float64) for c in ("x", "y", "z", "score")},
                 })
                 info = json.loads(str(z["info"]))
+                stored_identity = json.loads(str(z["identity"]))
         except (OSError, KeyError, ValueError) as exc:
             raise DataError(f"{path}: unreadable stored picks ({exc}); delete it to predict the run again") from None
+        if stored_identity != json.loads(json.dumps(identity)):
+            print(f"note: run {run!r}: its input files changed since its picks were stored in {self.folder} "
+                  "(size or modification time); predicting it again", file=sys.stderr)
+            return None
         return picks[list(CANDIDATE_COLUMNS)], {**info, "resumed": True}
 
-    def save(self, run: str, picks: pd.DataFrame, info: dict[str, Any]) -> None:
-        """Keep ``run``'s picks (the folder and its key are written with the first run)."""
+    def save(self, run: str, picks: pd.DataFrame, info: dict[str, Any], identity: list[list]) -> None:
+        """Keep ``run``'s picks with its input files' ``identity`` (the folder and its key are written with the
+        first run)."""
         key_file = self.folder / "key.json"
         if self.key is not None and not key_file.is_file():
             atomic_write_text(key_file, json.dumps(self.key, indent=2) + "\n")
@@ -84,7 +106,7 @@ class RunStore:
             np.savez(fh, experiment=picks["experiment"].to_numpy(dtype=str),
                      particle_type=picks["particle_type"].to_numpy(dtype=str),
                      **{c: picks[c].to_numpy(dtype=np.float64) for c in ("x", "y", "z", "score")},
-                     info=np.array(json.dumps(info)))
+                     info=np.array(json.dumps(info)), identity=np.array(json.dumps(identity)))
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -71,10 +71,11 @@ from czii.picks import check_picks_table, neighbours, read_picks_csv
 from czii.predictor import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLDS,
+    check_recorded_hash,
     resolve_thresholds,
     save_thresholds,
 )
-from czii.rundir import RunDir, check_finished
+from czii.rundir import RunDir, check_finished, writing
 
 BETA: float = 4.0
 TOLERANCE: float = 0.05  # F-beta a class may give up for a lower (recall-side) threshold, see the module docstring
@@ -220,6 +221,7 @@ def read_oof_spec(path: Path) -> dict:
         raise DataError(f"{path}: unreadable ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("spec_hash"), str) or not isinstance(doc.get("spec"), dict):
         raise DataError(f"{path}: expected a JSON object with 'spec_hash' and 'spec'")
+    check_recorded_hash(doc, str(path), DataError)
     return doc
 
 
@@ -288,13 +290,23 @@ class TuneReport:
 def tune_run_dir(
     run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, grid: Sequence[float] | None = None,
     allow_unfinished: bool = False, tolerance: float = TOLERANCE, margin: float = MARGIN, bootstrap: int = BOOTSTRAP,
+    force: bool = False,
 ) -> TuneReport:
     """Tune thresholds on every fold's OOF files and write ``<run_dir>/thresholds.json`` (or ``out``),
     recording the hash and recipe of the predictor spec the candidates were made with. A fold whose
-    training did not finish is refused unless ``allow_unfinished``."""
+    training did not finish is refused unless ``allow_unfinished``. Holds the run directory's lock
+    (:func:`czii.rundir.writing`; ``force`` takes over a stale one)."""
     grid = _check_grid(grid)
     tolerance, margin, bootstrap = _check_tolerance(tolerance), _check_margin(margin), _check_bootstrap(bootstrap)
     out = check_output(Path(out) if out is not None else RunDir(run_dir).thresholds, "thresholds file", overwrite=True)
+    if not RunDir(run_dir).path.is_dir():
+        raise DataError(f"run directory {run_dir} does not exist")
+    with writing(RunDir(run_dir), force=force):
+        return _tune_run_dir(run_dir, out, grid, allow_unfinished, tolerance, margin, bootstrap)
+
+
+def _tune_run_dir(run_dir: str | os.PathLike, out: Path, grid: np.ndarray | None, allow_unfinished: bool,
+                  tolerance: float, margin: float, bootstrap: int) -> TuneReport:
     unfinished = check_finished([f.best for f in RunDir(run_dir).folds()], allow_unfinished)
     oof = read_oof(run_dir)
     default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLD)

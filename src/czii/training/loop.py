@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from czii import distributed as ddp
+from czii import locks
 from czii.config import Config, config_hash, config_to_dict, save_resolved
 from czii.errors import ConfigError
 from czii.io import atomic_write_text, check_output
@@ -106,15 +107,24 @@ def _write_run_files(config: Config, run_dir: RunDir, fold: int, ctx: ddp.DistCo
 
 
 def train(config: Config, *, fold: int, out_dir: str | Path, resume: bool = False, device: str = "cpu",
-          workdir: str | Path | None = None, max_epochs: int | None = None) -> Path:
+          workdir: str | Path | None = None, max_epochs: int | None = None, force: bool = False) -> Path:
     """Train ``fold`` of ``config`` into ``out_dir/fold<fold>``; returns that folder.
 
     ``max_epochs`` stops this call after that many epochs (the run continues with ``resume``).
-    Each rank prints the SHA-256 of its final weights (equal on every rank).
+    Each rank prints the SHA-256 of its final weights (equal on every rank). Rank 0 holds the fold's lock
+    (:mod:`czii.locks`; ``force`` takes over a stale one) and refuses while another process holds the run
+    directory's (a tuning or an experiment), so two trainings of one fold never mix their files, while
+    folds may train side by side.
     """
+    run_dir = RunDir(check_output(out_dir, "--out", kind="dir", overwrite=True))
     ctx = ddp.init_distributed(device)
     try:
-        return _train(config, fold, Path(out_dir), resume, ctx, workdir, max_epochs)
+        with contextlib.ExitStack() as stack:
+            if ctx.is_main:
+                fold_dir = run_dir.fold(fold).path
+                stack.enter_context(locks.hold(locks.folder_lock(fold_dir), "fold", fold_dir, force=force))
+                locks.check_free(locks.folder_lock(run_dir.path), "run directory", run_dir.path)
+            return _train(config, fold, run_dir, resume, ctx, workdir, max_epochs)
     finally:
         ddp.shutdown(ctx)
 
@@ -256,9 +266,8 @@ class Trainer:
             self.ema.load_state_dict(self.model.state_dict())
 
 
-def _train(config: Config, fold: int, out_dir: Path, resume: bool, ctx: ddp.DistContext, workdir,
+def _train(config: Config, fold: int, run_dir: RunDir, resume: bool, ctx: ddp.DistContext, workdir,
            max_epochs: int | None) -> Path:
-    run_dir = RunDir(check_output(out_dir, "--out", kind="dir", overwrite=True))
     fold_dir = run_dir.fold(fold)
     last_path, best_path = fold_dir.last, fold_dir.best
     if resume and not last_path.is_file():

@@ -35,7 +35,7 @@ from czii.models import stride
 from czii.picks import PICK_COLUMNS, empty_table
 from czii.predictor import PredictorSpec, recipe, spec_from_config
 from czii.registry import resolve_tta
-from czii.rundir import FoldDir, RunDir
+from czii.rundir import FoldDir, RunDir, writing
 from czii.training.data import class_picks, load_input, open_sources, split_fold
 from czii.training.losses import activation_for
 
@@ -129,14 +129,20 @@ def retune_config(run_dir: RunDir, overrides: Sequence[str], data: Sequence[str 
 
 def repredict_run_dir(run_dir: str | os.PathLike, *, overrides: Sequence[str] = (),
                       data: Sequence[str | os.PathLike] | None = None, device: str = "cpu",
-                      workdir: str | os.PathLike | None = None) -> PredictorSpec:
+                      workdir: str | os.PathLike | None = None, force: bool = False) -> PredictorSpec:
     """Predict every fold's out-of-fold candidates again with its ``best.pt`` under the run's shipped
-    spec changed by ``overrides``; returns that spec (members: one fold's checkpoint)."""
+    spec changed by ``overrides``; returns that spec (members: one fold's checkpoint). Holds the run
+    directory's lock (:func:`czii.rundir.writing`; ``force`` takes over a stale one)."""
     rd = RunDir(run_dir)
     config = retune_config(rd, overrides, data)
     folds = [f for f in rd.folds() if f.best.is_file()]
     if not folds:
         raise DataError(f"{rd.path}: no fold<K>/checkpoints/best.pt to predict with")
+    with writing(rd, force=force):
+        return _repredict(rd, config, folds, device, workdir)
+
+
+def _repredict(rd: RunDir, config: Config, folds: Sequence[FoldDir], device: str, workdir) -> PredictorSpec:
     datasets = open_sources(config, workdir)
     dev = torch.device(device)
     spec = None
