@@ -209,7 +209,8 @@ def test_9_a_tomogram_at_another_spacing_is_never_used_silently(trained, tiny_si
 
 
 def test_a_killed_multi_run_inference_resumes_to_the_identical_csv(trained, tiny_sim, tmp_path):
-    """kill -9 after the first run is stored; the same command predicts only the rest; same bytes as uninterrupted."""
+    """kill -9 after the first run is stored; the same command, with --force for the lock the killed one left,
+    predicts only the rest; same bytes as uninterrupted."""
     slow = ["--tta", "full16", "--tile", "16", "16", "16", "--batch-size", "1", "--device", "cpu"]
 
     def command(out: Path) -> list[str]:
@@ -231,8 +232,11 @@ def test_a_killed_multi_run_inference_resumes_to_the_identical_csv(trained, tiny
         pytest.skip(f"the kill did not land between runs this time (rc {proc.returncode}, stored {done})")
     assert not out.exists() and not manifest_path(out).exists()
 
-    rerun = subprocess.run(command(out), capture_output=True, text=True, timeout=300)
+    stale = subprocess.run(command(out), capture_output=True, text=True, timeout=300)
+    assert stale.returncode == 2 and f"stale lock {out}.lock left by pid {proc.pid}" in stale.stderr, stale.stderr
+    rerun = subprocess.run([*command(out), "--force"], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
+    assert "taking over the stale lock" in rerun.stderr
     assert f"resuming: {len(done)} of {len(tiny_sim.train_runs)} runs" in rerun.stderr
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["resumed_runs"] == done

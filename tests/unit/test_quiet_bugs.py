@@ -1,0 +1,193 @@
+"""Behaviours whose breakage no error would reveal, each checked against values derived by hand or by a
+brute-force reference written here: targets at the patch border, sphere factors, score sidecars in another
+row order, the score margin on a grid, the spec hash over every score-relevant field, Dynamo tables between
+projects of different voxel sizes, and IMOD's unsigned bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CPU_TINY
+
+from czii.config import load_config
+from czii.formats.exports import Frame, read_picks, tbl_sidecar, write_picks
+from czii.formats.mrc import read_mrc
+from czii.particles import get_particle
+from czii.postprocess.thresholds import tune_thresholds
+from czii.predictor import spec_from_config, spec_hash
+from czii.submission import read_scored_submission, scores_path
+from czii.training.data import PatchDataset
+from czii.training.patches import PatchDraw, RunData
+
+NO_AUGMENT = ["augment.flips=false", "augment.rot90_xy=false", "augment.small_rotation_deg=0",
+              "augment.intensity_scale=0", "augment.intensity_shift=0", "augment.noise_std=0", "augment.mixup_prob=0",
+              "loss.name=bce", "targets.kind=sphere", "patch.size_zyx=[16,16,16]"]
+
+
+def _painted(sphere_factor: float, centre_zyx: tuple[int, int, int], start_zyx: tuple[int, int, int]) -> np.ndarray:
+    """The ribosome channel of the training target of one patch with one ribosome at ``centre_zyx``."""
+    config = load_config(CPU_TINY, [*NO_AUGMENT, f"targets.sphere_factor={sphere_factor}"])
+    run = RunData("sim", "TS", np.zeros((1, 64, 64, 64), np.float32), (10.0, 10.0, 10.0),
+                  np.array([centre_zyx], dtype=np.float64), np.array([config.data.classes.index("ribosome")]))
+    dataset = PatchDataset(config, [run])
+    dataset.sampler.draw = lambda rng: PatchDraw(0, start_zyx, -1)  # this patch, not a random one
+    _, y = dataset[0]
+    return y.numpy()[config.data.classes.index("ribosome")]
+
+
+def _brute_force_sphere(radius_vox: float, centre_zyx, start_zyx, size: int = 16) -> np.ndarray:
+    z, y, x = np.meshgrid(*[np.arange(s, s + size) for s in start_zyx], indexing="ij")
+    d2 = (z - centre_zyx[0]) ** 2 + (y - centre_zyx[1]) ** 2 + (x - centre_zyx[2]) ** 2
+    return (d2 <= radius_vox**2).astype(np.float32)
+
+
+@pytest.mark.parametrize("outside", [1, 3, 6])
+def test_a_particle_centred_just_outside_the_patch_still_paints_its_part(outside):
+    """Ribosome radius 150 Å at 10 Å voxels, sphere factor 0.5: 7.5 voxels; centre ``outside`` voxels past x's edge."""
+    start = (20, 20, 20)
+    centre = (28, 28, 20 + 15 + outside)
+    painted = _painted(0.5, centre, start)
+    expected = _brute_force_sphere(7.5, centre, start)
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(painted, expected)
+
+
+@pytest.mark.parametrize("factor", [0.3, 0.8])
+def test_a_non_default_sphere_factor_sets_the_target_radius(factor):
+    start, centre = (20, 20, 20), (28, 28, 28)
+    painted = _painted(factor, centre, start)
+    np.testing.assert_array_equal(painted, _brute_force_sphere(factor * 15.0, centre, start))
+    assert painted.sum() != _brute_force_sphere(0.5 * 15.0, centre, start).sum()  # not the default's sphere
+
+
+def test_score_sidecar_rows_are_attached_by_id_whatever_their_order(tmp_path):
+    ids = np.arange(6)
+    submission = pd.DataFrame({"id": ids, "experiment": "TS_a", "particle_type": "ribosome",
+                               "x": 100.0 + ids, "y": 200.0, "z": 300.0})
+    submission.to_csv(tmp_path / "s.csv", index=False)
+    scores = pd.DataFrame({"id": ids, "score": 0.1 + 0.1 * ids}).iloc[[4, 0, 5, 2, 1, 3]]
+    scores.to_csv(scores_path(tmp_path / "s.csv"), index=False)
+    table = read_scored_submission(tmp_path / "s.csv")
+    np.testing.assert_allclose(table["score"], 0.1 + 0.1 * table["id"])
+    np.testing.assert_allclose(table["x"], 100.0 + table["id"])
+
+
+def _one_class(scores_of_truths: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    truth = pd.DataFrame({"experiment": "TS_a", "particle_type": "ribosome",
+                          "x": [1000.0 * (i + 1) for i in range(len(scores_of_truths))], "y": 500.0, "z": 500.0})
+    return truth.assign(score=scores_of_truths), truth
+
+
+@pytest.mark.parametrize(("weakest", "expected"), [(0.83, 0.5), (0.8, 0.4), (0.61, 0.4)])
+def test_on_a_grid_the_margin_rounds_up_never_below_half_the_weakest_kept_truth(weakest, expected):
+    """Every truth point found at any threshold up to ``weakest``, no false picks: the F4 curve is flat, the
+    lowest grid value wins unless the margin holds it at or above 0.5 × weakest (0.415 → 0.5; 0.4 → 0.4;
+    0.305 → 0.4 on a grid of tenths)."""
+    candidates, truth = _one_class([weakest, 0.95])
+    grid = np.round(np.arange(0.0, 1.0001, 0.1), 10)
+    thresholds = tune_thresholds(candidates, truth, ["ribosome"], grid=grid, margin=0.5, bootstrap=0)
+    assert thresholds["ribosome"] == pytest.approx(expected)
+    assert thresholds["ribosome"] >= 0.5 * weakest and thresholds["ribosome"] <= weakest
+
+
+# The spec fields documented as score-neutral (czii.predictor module docstring): they change neither the
+# probabilities nor the picks of given weights.
+SCORE_NEUTRAL = {"members", "thresholds", "tiling.batch_size", "input.nan_policy", "input.spacing_zyx_A"}
+CHANGED = {
+    "classes": ["apo-ferritin", "ribosome"],
+    "input.channels": ["wbp"],
+    "input.level": 0,
+    "input.clip_percentiles": [1.0, 99.0],
+    "tiling.tile_zyx": [32, 64, 64],
+    "tiling.overlap": 0.5,
+    "tiling.blend": "constant",
+    "tta": ["identity", "flip_x"],
+    "peaks.method": "cc3d",
+    "peaks.nms_radius_factor": 0.3,
+    "peaks.min_size_vox": 3,
+    "peaks.merge_factor": None,
+    "peaks.subvoxel": False,
+}
+
+
+def _fields(obj, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _fields(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def test_the_spec_hash_changes_with_every_field_but_the_documented_score_neutral_ones():
+    spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
+    keys = _fields(spec)
+    assert set(keys) == set(CHANGED) | SCORE_NEUTRAL, "a new spec field: say whether it changes scores"
+
+    def replaced(key: str, value):
+        head, _, tail = key.partition(".")
+        if not tail:
+            return dataclasses.replace(spec, **{head: value})
+        return dataclasses.replace(spec, **{head: dataclasses.replace(getattr(spec, head), **{tail: value})})
+
+    for key, value in CHANGED.items():
+        head, _, tail = key.partition(".")
+        old = getattr(getattr(spec, head), tail) if tail else getattr(spec, head)
+        assert value != old, key
+        assert spec_hash(replaced(key, value)) != spec.hash, f"{key} does not change the score hash"
+    neutral = {"members": [], "thresholds": "t.json", "tiling.batch_size": 7, "input.nan_policy": "repair",
+               "input.spacing_zyx_A": [7.0, 7.0, 7.0]}
+    assert set(neutral) == SCORE_NEUTRAL
+    for key, value in neutral.items():
+        assert spec_hash(replaced(key, value)) == spec.hash, key
+
+
+def test_a_dynamo_table_keeps_its_own_voxel_size_in_a_project_of_another(tmp_path):
+    """x = 100 Å at 10 Å voxels is Dynamo column 24 = 100 / 10 + 1 = 11; read into a project at 7 Å voxels
+    (or one at 12.5 Å) it is 100 Å again, because the sidecar records 10 Å."""
+    picks = pd.DataFrame({"experiment": ["TS_a", "TS_a"], "particle_type": ["ribosome", "thyroglobulin"],
+                          "x": [100.0, 250.0], "y": [40.0, 60.0], "z": [20.0, 30.0], "score": [0.9, 0.5]})
+    path = tmp_path / "p.tbl"
+    write_picks(picks, path, "tbl", {"TS_a": Frame((50, 60, 70), 10.0)})
+    rows = np.loadtxt(path, ndmin=2)
+    np.testing.assert_allclose(rows[:, 23:26], [[11.0, 5.0, 3.0], [26.0, 7.0, 4.0]])
+    assert json.loads(tbl_sidecar(path).read_text())["voxel_size_A"] == {"TS_a": 10.0}
+    for other in (7.0, 12.5):
+        back = read_picks(path, "tbl", {"TS_a": Frame((50, 60, 70), other)})
+        np.testing.assert_allclose(back[["x", "y", "z"]], picks[["x", "y", "z"]])
+        assert list(back["particle_type"]) == list(picks["particle_type"])
+    doc = json.loads(tbl_sidecar(path).read_text())
+    del doc["voxel_size_A"]
+    tbl_sidecar(path).write_text(json.dumps(doc))
+    back = read_picks(path, "tbl", {"TS_a": Frame((50, 60, 70), 7.0)})  # no record: the project's voxels
+    np.testing.assert_allclose(back["x"], [70.0, 175.0])
+
+
+def _mode0(path, voxels_u8: np.ndarray, stamp_flags: tuple[int, int] | None) -> None:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(voxels_u8.view(np.int8))
+    if stamp_flags is not None:
+        with open(path, "r+b") as fh:
+            fh.seek(152)
+            fh.write(struct.pack("<ii", *stamp_flags))
+
+
+def test_mode_0_bytes_are_unsigned_only_where_imod_says_so(tmp_path):
+    voxels = np.array([0, 1, 127, 128, 200, 255] * 4, np.uint8).reshape(2, 3, 4)
+    as_signed = np.array([0, 1, 127, -128, -56, -1] * 4, np.float32).reshape(2, 3, 4)
+    cases = {"imod-unsigned": ((1146047817, 0), voxels.astype(np.float32)),
+             "imod-unsigned-other-flags": ((1146047817, 4), voxels.astype(np.float32)),
+             "imod-signed": ((1146047817, 1), as_signed),
+             "mrc2014": (None, as_signed)}
+    for name, (stamp_flags, expected) in cases.items():
+        _mode0(tmp_path / f"{name}.mrc", voxels, stamp_flags)
+        np.testing.assert_array_equal(read_mrc(tmp_path / f"{name}.mrc"), expected, err_msg=name)
+    assert get_particle("ribosome").radius_A == 150.0  # the radius the border tests above rely on
