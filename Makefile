@@ -116,7 +116,7 @@ MINUTES ?= 5
 bench-accuracy: $(STAMP) ## F4 on unseen simulated test sets after MINUTES of CPU training of CONFIG (2 folds) → benchmarks/results/accuracy_*.md
 	$(BIN)/python benchmarks/accuracy.py --config $(CONFIG) --minutes $(MINUTES)
 
-mutate: $(STAMP) ## mutation testing of the pure core (metric, picks, geometry, peaks, TTA, tiling, targets, augment, losses, EMA/LR) on its fast tests → benchmarks/results/mutation.md
+mutate: $(STAMP) ## mutation testing of the pure core (metric, picks, geometry, peaks, TTA, tiling, targets, augment, losses, EMA/LR), formats/, normalize, submission, predictor spec and resume store on their fast tests → benchmarks/results/mutation.md
 	rm -rf mutants
 	# one thread: mutmut forks its test runner, and a forked multi-threaded torch can hang
 	start=$$(date +%s); OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run; $(BIN)/mutmut export-cicd-stats; \

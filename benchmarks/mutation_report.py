@@ -37,7 +37,7 @@ def main() -> None:
         "# Mutation score of the pure core (`make mutate`)",
         "",
         f"{date.today().isoformat()}, {platform.processor() or platform.machine()}, mutmut on "
-        f"{len(config['source_paths'])} modules with their fast unit tests"
+        f"{len(config['source_paths'])} source paths with their fast unit tests"
         + (f", {args.seconds / 60:.1f} min" if args.seconds else "") + ".",
         "",
         "| mutants | killed | survived | timeout (counted as killed) | no tests | score |",
