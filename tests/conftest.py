@@ -69,6 +69,15 @@ def save_tiny_checkpoint() -> Callable[..., Path]:
     return _save_tiny_checkpoint
 
 
+def one_line_error(capsys, command: str, *fragments: str) -> str:
+    """The last stderr line, asserted to be ``czii <command>: error: ...`` holding every fragment."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith(f"czii {command}: error: "), err
+    for fragment in fragments:
+        assert fragment in err[-1], (fragment, err[-1])
+    return err[-1]
+
+
 def _assert_valid_png(path: Path, min_bytes: int = 5_000) -> None:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", path

@@ -18,7 +18,7 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CPU_TINY
+from conftest import CPU_TINY, one_line_error
 
 from czii.cli import main
 from czii.data import open_dataset
@@ -30,14 +30,6 @@ from czii.submission import manifest_path, scores_path
 TRAIN_SETS = ["train.steps_per_epoch=3", "patch.size_zyx=[16,32,32]", "val.tile_zyx=[16,48,48]",
               "infer.tile_zyx=[16,48,48]"]
 IMOD_STAMP = 1146047817  # IMOD's mrc_format.txt: imodStamp at byte 152, imodFlags at 156 (bit 0: signed bytes)
-
-
-def _one_line_error(capsys, command: str, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith(f"czii {command}: error: "), err
-    for fragment in fragments:
-        assert fragment in err[-1], (fragment, err[-1])
-    return err[-1]
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +66,9 @@ def test_two_trainings_of_one_fold_never_share_it_and_a_killed_one_needs_force(t
     try:
         _wait_for(lock, first)
         assert main(_train_command(tiny_sim, out)[3:]) == 2
-        _one_line_error(capsys, "train", f"fold {out / 'fold0'} is being written by pid {first.pid}", "czii train")
+        one_line_error(capsys, "train", f"fold {out / 'fold0'} is being written by pid {first.pid}", "czii train")
         assert main(["tune", "--run-dir", str(out)]) == 2  # a tuning waits for its folds
-        _one_line_error(capsys, "tune", f"fold {out / 'fold0'} is being written by pid {first.pid}")
+        one_line_error(capsys, "tune", f"fold {out / 'fold0'} is being written by pid {first.pid}")
         _wait_for(out / "fold0" / "checkpoints" / "last.pt", first, seconds=240)
         first.send_signal(signal.SIGTERM)  # a scheduler's stop: the lock goes with the process
         assert first.wait(timeout=60) == 128 + signal.SIGTERM, first.stderr.read()
@@ -96,7 +88,7 @@ def test_two_trainings_of_one_fold_never_share_it_and_a_killed_one_needs_force(t
         resumed.wait()
     assert lock.is_file()
     assert main(_train_command(tiny_sim, out, "--resume", "--stop-after-epochs", "1")[3:]) == 2
-    _one_line_error(capsys, "train", f"stale lock {lock} left by pid {resumed.pid}", "--force")
+    one_line_error(capsys, "train", f"stale lock {lock} left by pid {resumed.pid}", "--force")
     assert main(_train_command(tiny_sim, out, "--resume", "--stop-after-epochs", "1", "--force")[3:]) == 0
     assert "taking over the stale lock" in capsys.readouterr().err
     assert not lock.exists()
@@ -110,7 +102,7 @@ def test_two_inferences_never_share_an_output(checkpoint, tiny_sim, tmp_path, ca
     try:
         _wait_for(out.with_name("picks.csv.lock"), first)
         assert _infer(checkpoint, tiny_sim.copick_config, out, "--overwrite") == 2
-        _one_line_error(capsys, "infer", f"output {out} is being written by pid {first.pid}")
+        one_line_error(capsys, "infer", f"output {out} is being written by pid {first.pid}")
         assert first.wait(timeout=300) == 0
     finally:
         first.kill()
@@ -172,13 +164,13 @@ def test_tune_refuses_an_oof_spec_whose_recipe_was_edited_under_its_old_hash(che
     doc["spec"]["tta"] = ["identity"]
     (oof / "spec.json").write_text(json.dumps(doc))
     assert main(["tune", "--run-dir", str(tmp_path / "run")]) == 2
-    _one_line_error(capsys, "tune", str(oof / "spec.json"), doc["spec_hash"], "edited")
+    one_line_error(capsys, "tune", str(oof / "spec.json"), doc["spec_hash"], "edited")
     assert json.loads((tmp_path / "run" / "thresholds.json").read_text()) == thresholds
 
     thresholds["spec"]["peaks"]["nms_radius_factor"] = 0.9  # the same edit in a thresholds file
     (tmp_path / "edited.json").write_text(json.dumps(thresholds))
     assert _infer(checkpoint, tmp_path, tmp_path / "x.csv", "--thresholds", str(tmp_path / "edited.json")) == 2
-    _one_line_error(capsys, "infer", "edited.json", thresholds["spec_hash"])
+    one_line_error(capsys, "infer", "edited.json", thresholds["spec_hash"])
 
 
 def test_export_refuses_a_particle_type_the_predictor_does_not_know(checkpoint, tiny_sim, tmp_path, capsys):
@@ -189,7 +181,7 @@ def test_export_refuses_a_particle_type_the_predictor_does_not_know(checkpoint, 
     table.loc[0, "particle_type"] = "ribosomee"
     table.to_csv(out, index=False)
     assert main(["export", "--submission", str(out), "--format", "star", "--out", str(tmp_path / "p.star")]) == 2
-    _one_line_error(capsys, "export", "'ribosomee'", "known: apo-ferritin", "virus-like-particle")
+    one_line_error(capsys, "export", "'ribosomee'", "known: apo-ferritin", "virus-like-particle")
     assert not (tmp_path / "p.star").exists()
 
 
@@ -203,7 +195,7 @@ def test_a_bare_zarr_store_with_unreadable_metadata_is_named(tiny_sim, checkpoin
     (store / ".zattrs").write_text('{"multiscales": [')
     for data in (store, tmp_path):
         assert _infer(checkpoint, data, tmp_path / "out.csv") == 2
-        _one_line_error(capsys, "infer", str(store / ".zattrs"), "unreadable OME-Zarr metadata")
+        one_line_error(capsys, "infer", str(store / ".zattrs"), "unreadable OME-Zarr metadata")
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -223,7 +215,7 @@ def test_a_listed_but_missing_level_0_stops_inference_before_any_prediction(tiny
     capsys.readouterr()
     out = tmp_path / "out.csv"
     assert _infer(model, kaggle, out, "--split", "train") == 2
-    _one_line_error(capsys, "infer", broken, "pyramid level 0")
+    one_line_error(capsys, "infer", broken, "pyramid level 0")
     assert not out.exists() and not work_dir(out).exists()  # no run was predicted, none stored
 
 
@@ -259,7 +251,7 @@ def _fresh(checkpoint: Path, folder: Path, tmp_path: Path, *extra: str) -> bytes
 
 
 def test_a_resumed_inference_reuses_picks_only_when_nothing_they_depend_on_changed(checkpoint, two_runs, tmp_path,
-                                                                                  capsys):
+                                                                                  capsys, save_tiny_checkpoint):
     folder, volume = two_runs
     out = tmp_path / "out.csv"
 
@@ -282,6 +274,20 @@ def test_a_resumed_inference_reuses_picks_only_when_nothing_they_depend_on_chang
     assert "run 'TS_a': its input files changed" in capsys.readouterr().err
     assert json.loads(manifest_path(out).read_text())["resumed_runs"] == []
     assert out.read_bytes() == _fresh(checkpoint, folder, tmp_path)
+
+    _interrupted(folder, checkpoint, out, volume)
+    assert _infer(checkpoint, folder, out, "--tta", "flips") == 0  # another predictor spec
+    assert json.loads(manifest_path(out).read_text())["resumed_runs"] == []
+    assert out.read_bytes() == _fresh(checkpoint, folder, tmp_path, "--tta", "flips")
+
+    _interrupted(folder, checkpoint, out, volume)
+    replaced = tmp_path / "replaced.pt"
+    shutil.copy2(checkpoint, replaced)
+    save_tiny_checkpoint(checkpoint, seed=4)  # retrained weights under the same path
+    assert _infer(checkpoint, folder, out) == 0
+    assert json.loads(manifest_path(out).read_text())["resumed_runs"] == []
+    assert out.read_bytes() == _fresh(checkpoint, folder, tmp_path)
+    shutil.copy2(replaced, checkpoint)
 
     _interrupted(folder, checkpoint, out, volume)
     (tmp_path / "thr.json").write_text(json.dumps({"thresholds": {"apo-ferritin": 0.6, "beta-amylase": 0.6,

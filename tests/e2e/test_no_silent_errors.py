@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import CPU_TINY
+from conftest import CPU_TINY, one_line_error
 
 from czii.cli import main
 from czii.config import load_config, with_data_paths
@@ -53,14 +53,6 @@ def _infer(models: Path, data: Path, out: Path, *extra: str) -> int:
                  *extra])
 
 
-def _one_line_error(capsys, command: str, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith(f"czii {command}: error: "), err
-    for fragment in fragments:
-        assert fragment in err[-1], (fragment, err[-1])
-    return err[-1]
-
-
 def test_1_missing_zarr_chunks_are_an_error_not_zeros(trained, sim_copy, tmp_path, capsys):
     level = sim_copy / "kaggle" / "test" / "static" / "ExperimentRuns" / "TS_test_00" / "VoxelSpacing10.000" / \
         "denoised.zarr" / "1"
@@ -69,7 +61,7 @@ def test_1_missing_zarr_chunks_are_an_error_not_zeros(trained, sim_copy, tmp_pat
     chunks[0].unlink()
     out = tmp_path / "out" / "sub.csv"
     assert _infer(trained["done"], sim_copy / "kaggle", out) == 2
-    _one_line_error(capsys, "infer", f"1 of {expected} chunks are missing", "TS_test_00", str(level))
+    one_line_error(capsys, "infer", f"1 of {expected} chunks are missing", "TS_test_00", str(level))
     assert not out.parent.exists()
 
 
@@ -119,12 +111,12 @@ def test_5_unwritable_outputs_are_refused_before_any_work(trained, tiny_sim, tmp
         pytest.skip("cannot make a folder unwritable here")
     try:
         assert _infer(trained["done"], tiny_sim.kaggle_dir, locked / "sub.csv") == 2
-        _one_line_error(capsys, "infer", str(locked), "cannot write")
+        one_line_error(capsys, "infer", str(locked), "cannot write")
         assert main(["train", "--config", str(CPU_TINY), "--data", str(tiny_sim.copick_config), "--out",
                      str(locked / "run"), "--set", *TRAIN_SETS]) == 2
-        _one_line_error(capsys, "train", "cannot write")
+        one_line_error(capsys, "train", "cannot write")
         assert main(["tune", "--run-dir", str(trained["done"]), "--out", str(locked / "t.json")]) == 2
-        _one_line_error(capsys, "tune", "cannot write")
+        one_line_error(capsys, "tune", "cannot write")
         assert list(locked.iterdir()) == []
     finally:
         subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
@@ -134,7 +126,7 @@ def test_5_unwritable_outputs_are_refused_before_any_work(trained, tiny_sim, tmp
     a_file.write_text("x")
     assert main(["train", "--config", str(CPU_TINY), "--data", str(tiny_sim.copick_config), "--out", str(a_file),
                  "--set", *TRAIN_SETS]) == 2
-    _one_line_error(capsys, "train", "is a file")
+    one_line_error(capsys, "train", "is a file")
     assert a_file.read_text() == "x"
 
 
@@ -142,7 +134,7 @@ def test_6_infer_never_overwrites_without_overwrite(trained, tiny_sim, tmp_path,
     out = tmp_path / "sub.csv"
     out.write_text("precious\n")
     assert _infer(trained["done"], tiny_sim.kaggle_dir, out) == 2
-    _one_line_error(capsys, "infer", "already exists", "--overwrite")
+    one_line_error(capsys, "infer", "already exists", "--overwrite")
     assert out.read_text() == "precious\n" and not manifest_path(out).exists()
     assert _infer(trained["done"], tiny_sim.kaggle_dir, out, "--overwrite") == 0
     assert out.read_text().startswith("id,experiment,particle_type,x,y,z")
@@ -154,10 +146,10 @@ def test_7_unfinished_training_is_refused_unless_allowed_and_recorded(trained, t
     assert json.loads((trained["done"] / "fold0" / "status.json").read_text())["finished"] is True
     out = tmp_path / "sub.csv"
     assert _infer(trained["half"], tiny_sim.kaggle_dir, out) == 2
-    _one_line_error(capsys, "infer", "trained 1 of 2 epochs", "--allow-unfinished", "czii train --resume")
+    one_line_error(capsys, "infer", "trained 1 of 2 epochs", "--allow-unfinished", "czii train --resume")
     assert not out.exists()
     assert main(["kaggle-build", "--models", str(trained["half"]), "--out", str(tmp_path / "kaggle")]) == 2
-    _one_line_error(capsys, "kaggle-build", "trained 1 of 2 epochs")
+    one_line_error(capsys, "kaggle-build", "trained 1 of 2 epochs")
     assert not (tmp_path / "kaggle").exists()
     assert _infer(trained["half"], tiny_sim.kaggle_dir, out, "--allow-unfinished") == 0
     manifest = json.loads(manifest_path(out).read_text())
@@ -174,7 +166,7 @@ def test_8_non_finite_voxels_name_the_config_field_and_repair_is_reachable(train
     array[...] = values
     out = tmp_path / "sub.csv"
     assert _infer(trained["done"], data, out) == 2
-    _one_line_error(capsys, "infer", "5 non-finite voxels", "data.nan_policy")
+    one_line_error(capsys, "infer", "5 non-finite voxels", "data.nan_policy")
     assert not out.exists()
     assert _infer(trained["done"], data, out, "--nan-policy", "repair") == 0
     assert json.loads(manifest_path(out).read_text())["spec"]["input"]["nan_policy"] == "repair"
@@ -203,7 +195,7 @@ def test_9_a_tomogram_at_another_spacing_is_never_used_silently(trained, tiny_si
     zattrs.write_text(json.dumps(doc))
     out = tmp_path / "coarse.csv"
     assert _infer(trained["done"], data, out) == 2
-    line = _one_line_error(capsys, "infer", "TS_test_00", "60.07 Å", "20.02 Å", "cannot be brought")
+    line = one_line_error(capsys, "infer", "TS_test_00", "60.07 Å", "20.02 Å", "cannot be brought")
     assert not out.exists() and "voxel" in line
     assert open_dataset(tiny_sim.kaggle_dir, split="test").tomogram("TS_test_00", level=1).spacing_zyx_A[0] < 21
 

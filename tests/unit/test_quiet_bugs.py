@@ -191,3 +191,72 @@ def test_mode_0_bytes_are_unsigned_only_where_imod_says_so(tmp_path):
         _mode0(tmp_path / f"{name}.mrc", voxels, stamp_flags)
         np.testing.assert_array_equal(read_mrc(tmp_path / f"{name}.mrc"), expected, err_msg=name)
     assert get_particle("ribosome").radius_A == 150.0  # the radius the border tests above rely on
+
+
+def _two_picks() -> pd.DataFrame:
+    return pd.DataFrame({"experiment": ["TS_b", "TS_a"], "particle_type": ["thyroglobulin", "ribosome"],
+                         "x": [250.0, 100.0], "y": [60.0, 40.0], "z": [30.0, 20.0], "score": [np.nan, 0.9]})
+
+
+def test_the_dynamo_table_holds_each_column_dynamo_reads(tmp_path):
+    """Columns (1-based) by hand: 1 tag 1..N, 2-3 aligned/averaged 1, 10 cc = score (0 when unknown), 20 tomogram
+    index (runs sorted), 22 class (classes sorted), 24-26 x, y, z / voxel + 1; every other column 0."""
+    path = tmp_path / "p.tbl"
+    write_picks(_two_picks(), path, "tbl", {"TS_a": Frame((50, 60, 70), 10.0), "TS_b": Frame((50, 60, 70), 5.0)})
+    rows = np.loadtxt(path, ndmin=2)
+    expected = np.zeros((2, 35))
+    expected[:, 0] = [1, 2]
+    expected[:, 1:3] = 1
+    expected[:, 9] = [0.0, 0.9]
+    expected[:, 19] = [2, 1]
+    expected[:, 21] = [2, 1]
+    expected[:, 23:26] = [[51.0, 13.0, 7.0], [11.0, 5.0, 3.0]]
+    np.testing.assert_array_equal(rows, expected)
+    assert json.loads(tbl_sidecar(path).read_text()) == {
+        "format": "dynamo-tbl", "tomograms": {"1": "TS_a", "2": "TS_b"},
+        "classes": {"1": "ribosome", "2": "thyroglobulin"}, "voxel_size_A": {"TS_a": 10.0, "TS_b": 5.0}}
+
+
+def test_the_relion4_star_names_each_pick_s_micrograph_and_pixel_size(tmp_path):
+    import starfile
+
+    path = tmp_path / "p.star"
+    write_picks(_two_picks(), path, "relion4", {"TS_a": Frame((50, 60, 70), 10.0), "TS_b": Frame((50, 60, 70), 5.0)})
+    particles = starfile.read(path, always_dict=True)["particles"]
+    assert list(particles["rlnTomoName"]) == ["TS_b", "TS_a"]
+    assert list(particles["rlnMicrographName"]) == ["TS_b", "TS_a"]
+    np.testing.assert_array_equal(particles["rlnPixelSize"], [5.0, 10.0])
+    np.testing.assert_array_equal(particles[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]],
+                                  [[50.0, 12.0, 6.0], [10.0, 4.0, 2.0]])
+    np.testing.assert_array_equal(particles["rlnClassNumber"], [2, 1])
+
+
+def test_normalisation_matches_a_float64_reference_and_clips_both_tails():
+    """Reference written here: percentiles, mean and std of every second voxel in float64, clipped both ways."""
+    rng = np.random.default_rng(0)
+    volume = (100.0 + rng.normal(0.0, 1.0, (20, 22, 24))).astype(np.float32)
+    volume[0, 0, 0], volume[2, 2, 2], volume[4, 4, 4] = -1e6, 1e6, np.float32(103.0)
+    sample = volume[::2, ::2, ::2].astype(np.float64)
+    low, high = np.percentile(sample, [0.5, 99.5])
+    clipped = np.clip(sample, low, high)
+    expected = (np.clip(volume.astype(np.float64), low, high) - clipped.mean()) / clipped.std()
+    from czii.data.normalize import normalize_volume
+
+    out = normalize_volume(volume)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=5e-5)
+    assert out.min() == pytest.approx(expected.min(), abs=5e-5) and out.min() > -4
+
+
+def test_mrc_voxels_come_back_as_float32_whatever_the_mode(tmp_path):
+    from czii.formats.mrc import write_mrc
+
+    ints = np.arange(24, dtype=np.int16).reshape(2, 3, 4) - 12
+    with mrcfile.new(tmp_path / "i.mrc") as mrc:
+        mrc.set_data(ints)
+    back = read_mrc(tmp_path / "i.mrc")
+    assert back.dtype == np.float32 and np.array_equal(back, ints.astype(np.float32))
+    write_mrc(tmp_path / "f.mrc", ints.astype(np.float64) / 7, 7.84)
+    with mrcfile.open(tmp_path / "f.mrc") as mrc:
+        assert int(mrc.header.mode) == 2 and mrc.voxel_size.x == pytest.approx(7.84)
+    np.testing.assert_array_equal(read_mrc(tmp_path / "f.mrc"), (ints / 7).astype(np.float32))

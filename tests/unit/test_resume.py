@@ -57,6 +57,12 @@ def test_a_run_whose_input_files_changed_is_predicted_again(tmp_path, capsys):
     os.utime(tomogram / "0" / "0.0.0", ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # rewritten, same size
     assert store.load("TS_a", input_identity([tomogram])) is None
     assert "run 'TS_a': its input files changed" in capsys.readouterr().err
+    mrc = tmp_path / "TS_b.mrc"
+    mrc.write_bytes(b"x" * 8)
+    assert [row[:2] for row in input_identity([mrc])] == [[str(mrc), 8]]
+    store.save("TS_b", _picks("TS_b"), {}, input_identity([mrc]))
+    mrc.write_bytes(b"y" * 9)  # a file replaced by another
+    assert store.load("TS_b", input_identity([mrc])) is None
 
 
 def test_a_damaged_stored_run_is_named(tmp_path):

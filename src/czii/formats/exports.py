@@ -84,7 +84,10 @@ def write_picks(table: pd.DataFrame, path: str | Path, fmt: str, frames: Mapping
     """Write ``table`` (with ``score``) as ``fmt`` to ``path`` atomically; returns every file written."""
     if fmt not in FORMATS:
         raise DataError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
-    table = check_picks_table(table, "picks", score=True).reset_index(drop=True)
+    # a score may be unknown (NaN: a submission without its sidecar); every known one must lie in [0, 1]
+    unknown_score = table["score"].isna().to_numpy() if "score" in table.columns else None
+    table = check_picks_table(table.fillna({"score": 0.0}), "picks", score=True).reset_index(drop=True)
+    table.loc[unknown_score, "score"] = np.nan
     path = Path(path)
     xyz = table[list(XYZ)].to_numpy(np.float64)
     classes = _classes(table)
