@@ -179,3 +179,45 @@ def test_load_solution_errors(tmp_path):
     header_only.write_text("experiment,particle_type,x,y,z\n")
     with pytest.raises(SubmissionError, match="no truth picks"):
         load_solution(header_only)
+
+
+def test_rows_keep_their_order_within_a_run_and_class_and_scores_travel_with_them():
+    """A stable sort: with 200 picks over two runs and two classes, each (run, class) group keeps the order it
+    came in (quicksort would reorder equal keys), and keep_score carries each pick's own score."""
+    rng = np.random.default_rng(0)
+    n = 200
+    table = pd.DataFrame({"experiment": rng.choice(["TS_b", "TS_a"], n), "particle_type":
+                          rng.choice(["ribosome", "apo-ferritin"], n), "x": np.arange(n, dtype=float), "y": 1.0,
+                          "z": 2.0, "score": (np.arange(n) + 0.5) / n})
+    out = to_submission(table, keep_score=True)
+    assert list(out.columns) == ["id", "experiment", "particle_type", "x", "y", "z", "score"]
+    np.testing.assert_array_equal(out["id"], np.arange(n))
+    np.testing.assert_allclose(out["score"], (out["x"] + 0.5) / n)
+    for (run, cls), rows in out.groupby(["experiment", "particle_type"]):
+        original = table[(table.experiment == run) & (table.particle_type == cls)]["x"].to_numpy()
+        np.testing.assert_array_equal(rows["x"].to_numpy(), original)
+    assert list(out["experiment"]) == sorted(out["experiment"])
+
+
+def test_bounds_are_checked_for_every_run_with_an_extent(tmp_path):
+    extent = extent_xyz_A(SHAPE_ZYX, (SPACING_A,) * 3)
+    table = to_submission(picks(("TS_a", "ribosome", 1e6, 0.0, 0.0), ("TS_b", "ribosome", 0.0, 0.0, 0.0),
+                                ("TS_c", "ribosome", float(extent[0]) + 1.0, 0.0, 0.0)))
+    with pytest.raises(SubmissionError, match="run 'TS_c'"):
+        validate_submission(table, extents_xyz_A={"TS_b": extent, "TS_c": extent})  # TS_a has none: skipped
+    validate_submission(table.iloc[:2].reset_index(drop=True), extents_xyz_A={"TS_b": extent})  # 0 Å is inside
+    with pytest.raises(SubmissionError, match="run 'TS_c'"):
+        write_submission(table, tmp_path / "s.csv", extents_xyz_A={"TS_c": extent})
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_score_sidecar_of_other_ids_is_refused(tmp_path):
+    from czii.submission import read_scored_submission, scores_path
+
+    table = to_submission(picks(("TS_a", "ribosome", 1.0, 2.0, 3.0), ("TS_a", "ribosome", 4.0, 5.0, 6.0)))
+    table.to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame({"id": [0, 7], "score": [0.5, 0.6]}).to_csv(scores_path(tmp_path / "s.csv"), index=False)
+    with pytest.raises(SubmissionError, match="belongs to another submission"):
+        read_scored_submission(tmp_path / "s.csv")
+    scores_path(tmp_path / "s.csv").unlink()
+    assert read_scored_submission(tmp_path / "s.csv")["score"].isna().all()
