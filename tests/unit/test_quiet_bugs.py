@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
 
 import mrcfile
@@ -260,3 +261,92 @@ def test_mrc_voxels_come_back_as_float32_whatever_the_mode(tmp_path):
     with mrcfile.open(tmp_path / "f.mrc") as mrc:
         assert int(mrc.header.mode) == 2 and mrc.voxel_size.x == pytest.approx(7.84)
     np.testing.assert_array_equal(read_mrc(tmp_path / "f.mrc"), (ints / 7).astype(np.float32))
+
+
+def test_the_spec_hash_is_12_hex_digits_of_canonical_json_whatever_the_key_order():
+    from czii.predictor import recipe
+
+    spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
+    doc = recipe(spec)
+    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(doc.items())}
+    assert list(reordered) != list(doc)
+    assert spec_hash(reordered) == spec_hash(doc) == spec.hash
+    assert len(spec.hash) == 12 and int(spec.hash, 16) >= 0
+
+
+def test_a_recorded_hash_that_no_longer_matches_its_recipe_is_refused(tmp_path):
+    from czii.errors import ConfigError, DataError
+    from czii.postprocess.thresholds import read_oof_spec
+    from czii.predictor import load_thresholds_doc, recipe
+
+    spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
+    thresholds = {"thresholds": {"ribosome": 0.4}, "spec_hash": spec.hash, "spec": recipe(spec)}
+    (tmp_path / "t.json").write_text(json.dumps(thresholds))
+    assert load_thresholds_doc(tmp_path / "t.json")["spec_hash"] == spec.hash
+    (tmp_path / "spec.json").write_text(json.dumps({"spec_hash": spec.hash, "spec": recipe(spec)}))
+    assert read_oof_spec(tmp_path / "spec.json")["spec_hash"] == spec.hash
+    for doc in (thresholds, {"spec_hash": spec.hash, "spec": recipe(spec)}):
+        doc["spec"]["tiling"]["overlap"] = 0.5
+    (tmp_path / "t.json").write_text(json.dumps(thresholds))
+    with pytest.raises(ConfigError, match=f"t.json: records predictor spec hash {spec.hash}"):
+        load_thresholds_doc(tmp_path / "t.json")
+    edited = {"spec_hash": spec.hash, "spec": {**recipe(spec), "tta": ["identity"]}}
+    (tmp_path / "spec.json").write_text(json.dumps(edited))
+    with pytest.raises(DataError, match=f"spec.json: records predictor spec hash {spec.hash}"):
+        read_oof_spec(tmp_path / "spec.json")
+    (tmp_path / "hand.json").write_text(json.dumps({"thresholds": {"ribosome": 0.4}}))  # hand-written: no record
+    assert load_thresholds_doc(tmp_path / "hand.json")["thresholds"] == {"ribosome": 0.4}
+
+
+BAD_SPEC_VALUES = [
+    ("members", []), ("members.weight", 0.0), ("members.weight", float("nan")), ("classes", []),
+    ("classes", ["ribosome", "ribosome"]), ("classes", ["ribosome", ""]), ("input.channels", []),
+    ("input.nan_policy", "ignore"), ("input.level", -1), ("input.spacing_zyx_A", [10.0, 10.0]),
+    ("input.spacing_zyx_A", [10.0, 0.0, 10.0]), ("input.spacing_zyx_A", [10.0, float("inf"), 10.0]),
+    ("input.clip_percentiles", [50.0, 50.0]), ("input.clip_percentiles", [-1.0, 99.0]),
+    ("input.clip_percentiles", [0.5, 100.5]), ("input.clip_percentiles", [1.0]), ("tiling.tile_zyx", [0, 64, 64]),
+    ("tiling.tile_zyx", [64, 64]), ("tiling.overlap", 1.0), ("tiling.overlap", -0.1), ("tiling.blend", "median"),
+    ("tiling.batch_size", 0), ("tta", ["upside_down"]), ("peaks.method", "watershed"),
+    ("peaks.nms_radius_factor", 0.0), ("peaks.min_size_vox", -1), ("peaks.merge_factor", 0.0),
+]
+GOOD_EDGE_VALUES = [
+    ("members.weight", 1e-6), ("input.level", 0), ("input.spacing_zyx_A", None),
+    ("input.spacing_zyx_A", [0.5, 0.5, 0.5]), ("input.clip_percentiles", [0.0, 100.0]), ("tiling.tile_zyx", [1, 1, 1]),
+    ("tiling.overlap", 0.0), ("tiling.batch_size", 1), ("peaks.nms_radius_factor", 1e-3), ("peaks.min_size_vox", 0),
+    ("peaks.merge_factor", None), ("input.nan_policy", "repair"),
+]
+
+
+def _with(spec, key: str, value):
+    head, _, tail = key.partition(".")
+    if head == "members" and tail:
+        return dataclasses.replace(spec, members=[dataclasses.replace(spec.members[0], **{tail: value})])
+    if not tail:
+        return dataclasses.replace(spec, **{head: value})
+    return dataclasses.replace(spec, **{head: dataclasses.replace(getattr(spec, head), **{tail: value})})
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_SPEC_VALUES)
+def test_a_spec_value_no_predictor_can_use_is_refused_naming_its_key(key, value):
+    from czii.errors import ConfigError
+    from czii.predictor import check_spec
+
+    spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
+    with pytest.raises(ConfigError, match=re.escape(f"here: {key.replace('.weight', '[0].weight')}")):
+        check_spec(_with(spec, key, value), "here")
+
+
+@pytest.mark.parametrize(("key", "value"), GOOD_EDGE_VALUES)
+def test_the_edge_of_every_valid_range_is_accepted(key, value):
+    from czii.predictor import check_spec
+
+    spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
+    assert check_spec(_with(spec, key, value), "here") is not None
+
+
+def test_a_config_voxel_size_and_thresholds_file_reach_the_spec():
+    spec = spec_from_config(load_config(CPU_TINY, ["data.spacing_A=12.5"]), [("fold0/best.pt", 2.0)], "thr.json")
+    assert spec.input.spacing_zyx_A == [12.5, 12.5, 12.5]
+    assert spec.thresholds == "thr.json"
+    assert [(m.checkpoint, m.weight) for m in spec.members] == [("fold0/best.pt", 2.0)]
+    assert spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)]).thresholds is None
