@@ -25,7 +25,8 @@ from czii.particles import known_names
 from czii.submission import manifest_path, read_scored_submission
 
 
-def _manifest(submission_csv: str | Path) -> tuple[Path, dict]:
+def _read_manifest(submission_csv: str | Path) -> tuple[Path, dict]:
+    """(path, document) of the manifest ``czii infer`` wrote beside ``submission_csv``."""
     path = manifest_path(submission_csv)
     if not path.is_file():
         raise DataError(f"{path}: no manifest beside {submission_csv}; export needs the one `czii infer` writes "
@@ -36,9 +37,8 @@ def _manifest(submission_csv: str | Path) -> tuple[Path, dict]:
         raise DataError(f"{path}: unreadable manifest ({exc})") from None
 
 
-def manifest_frames(submission_csv: str | Path) -> dict[str, Frame]:
-    """Each run's tomogram frame from the manifest ``czii infer`` wrote beside ``submission_csv``."""
-    path, manifest = _manifest(submission_csv)
+def _manifest_frames(path: Path, manifest: dict) -> dict[str, Frame]:
+    """Each run's tomogram frame from a manifest (:func:`_read_manifest`)."""
     inputs = manifest.get("inputs")
     if not inputs:
         raise DataError(f"{path}: the manifest records no tomogram frames (written before czii recorded them); "
@@ -47,11 +47,10 @@ def manifest_frames(submission_csv: str | Path) -> dict[str, Frame]:
                        tuple(f.get("translation_zyx_A", (0.0, 0.0, 0.0)))) for run, f in inputs.items()}
 
 
-def _check_particle_types(table: pd.DataFrame, submission_csv: str | Path) -> None:
+def _check_particle_types(table: pd.DataFrame, submission_csv: str | Path, path: Path, manifest: dict) -> None:
     """DataError naming every particle type of ``table`` that the predictor which wrote ``submission_csv`` does
     not predict (its manifest's ``classes``; the registered classes for a manifest without them): an edited or
     foreign CSV would otherwise be exported under a class name no downstream tool knows."""
-    path, manifest = _manifest(submission_csv)
     known = manifest.get("classes") or list(known_names())
     unknown = sorted(set(table["particle_type"]) - set(known))
     if unknown:
@@ -64,8 +63,9 @@ def export_submission(submission_csv: str | Path, fmt: str, out: str | Path, *, 
     """Write the scored picks of ``submission_csv`` (only ``particles`` when given) as ``fmt``; returns the files
     written and the number of picks."""
     table = read_scored_submission(submission_csv)
-    frames = manifest_frames(submission_csv)
-    _check_particle_types(table, submission_csv)
+    path, manifest = _read_manifest(submission_csv)
+    frames = _manifest_frames(path, manifest)
+    _check_particle_types(table, submission_csv, path, manifest)
     if particles:
         unknown = sorted(set(particles) - set(table["particle_type"]))
         if unknown:

@@ -300,49 +300,43 @@ def run_experiment(
     check_output(leaderboard, "leaderboard", overwrite=True)
     rd = RunDir(run_dir)
     with writing(rd, force=force):
-        return _run_experiment(config, name, rd, folds, device, dev, leaderboard, workdir, datasets, force)
+        stray = sorted(f.name for f in rd.folds() if f.index not in folds)
+        if stray:
+            raise ConfigError(f"{run_dir} holds {', '.join(stray)}, which the requested folds {folds} leave out "
+                              "(its out-of-fold predictions would enter the scores); include it or choose another "
+                              "--out/--name")
+        states = {k: _fold_state(rd.fold(k), config) for k in folds}
+        for k in folds:
+            if states[k] != "reused":
+                train(config, fold=k, out_dir=run_dir, resume=states[k] == "resumed", device=device, workdir=workdir,
+                      force=force)
 
+        tune = tune_run_dir(run_dir)
+        slab = _overlay(config, run_dir, folds, datasets, dev, tune)
+        if slab is not None:
+            slab.save(rd.report / OVERLAY_FILE)
+        report = build_report(run_dir)
 
-def _run_experiment(config: Config, name: str, rd: RunDir, folds: list[int], device: str, dev: torch.device,
-                    leaderboard: str | os.PathLike, workdir, datasets: dict[str, Dataset],
-                    force: bool) -> ExperimentResult:
-    run_dir = rd.path
-    stray = sorted(f.name for f in rd.folds() if f.index not in folds)
-    if stray:
-        raise ConfigError(f"{run_dir} holds {', '.join(stray)}, which the requested folds {folds} leave out (its "
-                          "out-of-fold predictions would enter the scores); include it or choose another --out/--name")
-    states = {k: _fold_state(rd.fold(k), config) for k in folds}
-    for k in folds:
-        if states[k] != "reused":
-            train(config, fold=k, out_dir=run_dir, resume=states[k] == "resumed", device=device, workdir=workdir,
-                  force=force)
-
-    tune = tune_run_dir(run_dir)
-    slab = _overlay(config, run_dir, folds, datasets, dev, tune)
-    if slab is not None:
-        slab.save(rd.report / OVERLAY_FILE)
-    report = build_report(run_dir)
-
-    f4 = tune.per_class.set_index("particle_type")["f_beta_cross_fitted"]
-    row = {
-        "experiment": name,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "config_hash": config_hash(config),
-        "seed": config.train.seed,
-        "folds": " ".join(map(str, folds)),
-        "cv_default": tune.score_default,
-        "cv_tuned": tune.score_cross_fitted,
-        "cv_tuned_in_sample": tune.score_in_sample,
-        **{column: f4.get(particle, math.nan) for column, particle in zip(F4_COLUMNS, PARTICLE_NAMES)},
-        "thresholds": json.dumps(tune.thresholds, separators=(",", ":")),
-        "train_seconds": sum(float(pd.read_csv(rd.fold(k).history)["seconds"].sum()) for k in folds),
-        "val_seconds": _heldout_seconds(run_dir, folds),
-        "device": _device_label(dev),
-        "run_dir": str(run_dir),
-    }
-    upsert = upsert_row(leaderboard, row)
-    return ExperimentResult(run_dir, states, tune, report, row, upsert, Path(leaderboard))
+        f4 = tune.per_class.set_index("particle_type")["f_beta_cross_fitted"]
+        row = {
+            "experiment": name,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "config_hash": config_hash(config),
+            "seed": config.train.seed,
+            "folds": " ".join(map(str, folds)),
+            "cv_default": tune.score_default,
+            "cv_tuned": tune.score_cross_fitted,
+            "cv_tuned_in_sample": tune.score_in_sample,
+            **{column: f4.get(particle, math.nan) for column, particle in zip(F4_COLUMNS, PARTICLE_NAMES)},
+            "thresholds": json.dumps(tune.thresholds, separators=(",", ":")),
+            "train_seconds": sum(float(pd.read_csv(rd.fold(k).history)["seconds"].sum()) for k in folds),
+            "val_seconds": _heldout_seconds(run_dir, folds),
+            "device": _device_label(dev),
+            "run_dir": str(run_dir),
+        }
+        upsert = upsert_row(leaderboard, row)
+        return ExperimentResult(run_dir, states, tune, report, row, upsert, Path(leaderboard))
 
 
 # --------------------------------------------------------------------------- ensembles

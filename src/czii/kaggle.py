@@ -507,58 +507,50 @@ def build_kaggle_dataset(
     _check_out(out, project_dir, models)
     check_output(out, "--out", kind="dir", overwrite=True)
     with locks.hold(locks.sibling_lock(out), "Kaggle dataset folder", out, force=force):
-        return _build(models, out, started, project_dir, target=target, wheels_from=wheels_from, cache_dir=cache_dir,
-                      constraints=constraints, tta=tta, thresholds=thresholds, allow_spec_mismatch=allow_spec_mismatch,
-                      allow_unfinished=allow_unfinished, progress=progress)
-
-
-def _build(models, out: Path, started: float, project_dir: Path, *, target: WheelTarget, wheels_from, cache_dir,
-           constraints, tta, thresholds, allow_spec_mismatch: bool, allow_unfinished: bool,
-           progress: bool) -> BuildResult:
-    pins = read_pins(constraints if constraints is not None else project_dir / "constraints.txt")
-    source = WheelSource(target, Path(cache_dir) if cache_dir is not None else default_cache_dir(target),
-                         Path(wheels_from) if wheels_from is not None else None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    tmp.mkdir()
-    try:
-        models_part = _write_models(models, tmp, tta=tta, thresholds=thresholds,
-                                    allow_spec_mismatch=allow_spec_mismatch, allow_unfinished=allow_unfinished)
-        own = build_package_wheel(project_dir, tmp / "wheels")
-        closure = resolve_closure(wheel_requirements(own), target, pins, source, progress=progress)
-        for wheel in closure.wheels.values():
-            shutil.copy2(wheel, tmp / "wheels" / wheel.name)
-        version = str(parse_wheel_filename(own.name)[1])
-        manifest = {
-            "package": PACKAGE_NAME,
-            "version": version,
-            # dirty: the packaged sources (src/, pyproject.toml, README.md) differ from the commit or have new files
-            "git": {"commit": git_commit(project_dir), "dirty": git_dirty(project_dir, _WHEEL_SOURCES)},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "target": {"python_version": target.python_version, "implementation": "cp",
-                       "platforms": list(target.platforms), "accepted_platforms": target.expanded_platforms},
-            "provided": {"patterns": list(PROVIDED_PATTERNS), "requirements": sorted(closure.provided.values()),
-                         "note": PROVIDED_NOTE},
-            "install": f"pip install --no-index --find-links <dataset>/wheels {PACKAGE_NAME}",
-            "wheels": sorted(p.name for p in (tmp / "wheels").glob("*.whl")),
-            "unpinned": sorted(name for name in closure.wheels if name not in pins),
-            "models": models_part,
-            "files": _file_table(tmp),
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            if (out / KAGGLE_METADATA_NAME).is_file():
-                shutil.copy2(out / KAGGLE_METADATA_NAME, tmp / KAGGLE_METADATA_NAME)
-            old = temp_sibling(out, "old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - started)
+        pins = read_pins(constraints if constraints is not None else project_dir / "constraints.txt")
+        source = WheelSource(target, Path(cache_dir) if cache_dir is not None else default_cache_dir(target),
+                             Path(wheels_from) if wheels_from is not None else None)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(out)
+        tmp.mkdir()
+        try:
+            models_part = _write_models(models, tmp, tta=tta, thresholds=thresholds,
+                                        allow_spec_mismatch=allow_spec_mismatch, allow_unfinished=allow_unfinished)
+            own = build_package_wheel(project_dir, tmp / "wheels")
+            closure = resolve_closure(wheel_requirements(own), target, pins, source, progress=progress)
+            for wheel in closure.wheels.values():
+                shutil.copy2(wheel, tmp / "wheels" / wheel.name)
+            version = str(parse_wheel_filename(own.name)[1])
+            manifest = {
+                "package": PACKAGE_NAME,
+                "version": version,
+                # dirty: the packaged sources (src/, pyproject.toml, README.md) differ from the commit or have new files
+                "git": {"commit": git_commit(project_dir), "dirty": git_dirty(project_dir, _WHEEL_SOURCES)},
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "target": {"python_version": target.python_version, "implementation": "cp",
+                           "platforms": list(target.platforms), "accepted_platforms": target.expanded_platforms},
+                "provided": {"patterns": list(PROVIDED_PATTERNS), "requirements": sorted(closure.provided.values()),
+                             "note": PROVIDED_NOTE},
+                "install": f"pip install --no-index --find-links <dataset>/wheels {PACKAGE_NAME}",
+                "wheels": sorted(p.name for p in (tmp / "wheels").glob("*.whl")),
+                "unpinned": sorted(name for name in closure.wheels if name not in pins),
+                "models": models_part,
+                "files": _file_table(tmp),
+            }
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+            if out.exists():
+                if (out / KAGGLE_METADATA_NAME).is_file():
+                    shutil.copy2(out / KAGGLE_METADATA_NAME, tmp / KAGGLE_METADATA_NAME)
+                old = temp_sibling(out, "old")
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - started)
 
 
 def verify_dataset(folder: str | Path) -> dict[str, Any]:

@@ -14,14 +14,17 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 from conftest import CPU_TINY
 
 from czii.config import load_config
+from czii.data.normalize import normalize_volume
+from czii.errors import ConfigError, DataError
 from czii.formats.exports import Frame, read_picks, tbl_sidecar, write_picks
-from czii.formats.mrc import read_mrc
+from czii.formats.mrc import read_mrc, write_mrc
 from czii.particles import get_particle
-from czii.postprocess.thresholds import tune_thresholds
-from czii.predictor import spec_from_config, spec_hash
+from czii.postprocess.thresholds import read_oof_spec, tune_thresholds
+from czii.predictor import check_spec, load_thresholds_doc, recipe, spec_from_config, spec_hash
 from czii.submission import read_scored_submission, scores_path
 from czii.training.data import PatchDataset
 from czii.training.patches import PatchDraw, RunData
@@ -219,8 +222,6 @@ def test_the_dynamo_table_holds_each_column_dynamo_reads(tmp_path):
 
 
 def test_the_relion4_star_names_each_pick_s_micrograph_and_pixel_size(tmp_path):
-    import starfile
-
     path = tmp_path / "p.star"
     write_picks(_two_picks(), path, "relion4", {"TS_a": Frame((50, 60, 70), 10.0), "TS_b": Frame((50, 60, 70), 5.0)})
     particles = starfile.read(path, always_dict=True)["particles"]
@@ -241,8 +242,6 @@ def test_normalisation_matches_a_float64_reference_and_clips_both_tails():
     low, high = np.percentile(sample, [0.5, 99.5])
     clipped = np.clip(sample, low, high)
     expected = (np.clip(volume.astype(np.float64), low, high) - clipped.mean()) / clipped.std()
-    from czii.data.normalize import normalize_volume
-
     out = normalize_volume(volume)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, atol=5e-5)
@@ -250,8 +249,6 @@ def test_normalisation_matches_a_float64_reference_and_clips_both_tails():
 
 
 def test_mrc_voxels_come_back_as_float32_whatever_the_mode(tmp_path):
-    from czii.formats.mrc import write_mrc
-
     ints = np.arange(24, dtype=np.int16).reshape(2, 3, 4) - 12
     with mrcfile.new(tmp_path / "i.mrc") as mrc:
         mrc.set_data(ints)
@@ -264,8 +261,6 @@ def test_mrc_voxels_come_back_as_float32_whatever_the_mode(tmp_path):
 
 
 def test_the_spec_hash_is_12_hex_digits_of_canonical_json_whatever_the_key_order():
-    from czii.predictor import recipe
-
     spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
     doc = recipe(spec)
     reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(doc.items())}
@@ -275,18 +270,13 @@ def test_the_spec_hash_is_12_hex_digits_of_canonical_json_whatever_the_key_order
 
 
 def test_a_recorded_hash_that_no_longer_matches_its_recipe_is_refused(tmp_path):
-    from czii.errors import ConfigError, DataError
-    from czii.postprocess.thresholds import read_oof_spec
-    from czii.predictor import load_thresholds_doc, recipe
-
     spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
     thresholds = {"thresholds": {"ribosome": 0.4}, "spec_hash": spec.hash, "spec": recipe(spec)}
     (tmp_path / "t.json").write_text(json.dumps(thresholds))
     assert load_thresholds_doc(tmp_path / "t.json")["spec_hash"] == spec.hash
     (tmp_path / "spec.json").write_text(json.dumps({"spec_hash": spec.hash, "spec": recipe(spec)}))
     assert read_oof_spec(tmp_path / "spec.json")["spec_hash"] == spec.hash
-    for doc in (thresholds, {"spec_hash": spec.hash, "spec": recipe(spec)}):
-        doc["spec"]["tiling"]["overlap"] = 0.5
+    thresholds["spec"]["tiling"]["overlap"] = 0.5
     (tmp_path / "t.json").write_text(json.dumps(thresholds))
     with pytest.raises(ConfigError, match=f"t.json: records predictor spec hash {spec.hash}"):
         load_thresholds_doc(tmp_path / "t.json")
@@ -328,9 +318,6 @@ def _with(spec, key: str, value):
 
 @pytest.mark.parametrize(("key", "value"), BAD_SPEC_VALUES)
 def test_a_spec_value_no_predictor_can_use_is_refused_naming_its_key(key, value):
-    from czii.errors import ConfigError
-    from czii.predictor import check_spec
-
     spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
     with pytest.raises(ConfigError, match=re.escape(f"here: {key.replace('.weight', '[0].weight')}")):
         check_spec(_with(spec, key, value), "here")
@@ -338,8 +325,6 @@ def test_a_spec_value_no_predictor_can_use_is_refused_naming_its_key(key, value)
 
 @pytest.mark.parametrize(("key", "value"), GOOD_EDGE_VALUES)
 def test_the_edge_of_every_valid_range_is_accepted(key, value):
-    from czii.predictor import check_spec
-
     spec = spec_from_config(load_config(CPU_TINY), [("a.pt", 1.0)])
     assert check_spec(_with(spec, key, value), "here") is not None
 

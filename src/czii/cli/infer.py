@@ -7,7 +7,6 @@ Under ``torchrun`` the runs are shared out over the processes and rank 0 writes 
 from __future__ import annotations
 
 import argparse
-import os
 
 from czii.cli import add_device_argument, add_force_argument
 from czii.registry import TTA_PRESETS
@@ -55,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from czii.distributed import launched_rank
     from czii.inference.pipeline import run_inference
     from czii.submission import manifest_path, scores_path
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         allow_spec_mismatch=args.allow_spec_mismatch, overwrite=args.overwrite, nan_policy=args.nan_policy,
         allow_unfinished=args.allow_unfinished, voxel_size_A=args.voxel_size, force=args.force,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launched_rank() == 0:
         m = result.manifest
         counts = ", ".join(f"{name} {n}" for name, n in m["picks_per_class"].items())
         print(f"{len(m['data']['runs'])} runs, {m['n_picks']} picks ({counts}) in {m['total_seconds']:.1f} s "

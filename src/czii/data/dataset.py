@@ -196,8 +196,8 @@ class Dataset:
         """Tomogram types present for ``run``, sorted."""
         return sorted(self._tomograms_by_type(run))
 
-    def _group(self, run: str, tomo_type: str | None) -> tuple[zarr.Group, dict, str, str]:
-        """(zarr group, its .zattrs, resolved type, location) of one tomogram; no voxels read."""
+    def _tomogram_entry(self, run: str, tomo_type: str | None) -> tuple[CopickTomogramFSSpec, str, str]:
+        """(copick tomogram, resolved type, location of its zarr store) of one tomogram; nothing opened."""
         by_type = self._tomograms_by_type(run)
         chosen = tomo_type or self.tomo_type
         if chosen is None:
@@ -212,7 +212,11 @@ class Dataset:
                 f"run {run!r} has no {chosen!r} tomogram; types present: {', '.join(sorted(by_type))}"
             )
         tomo = by_type[chosen]
-        where = tomo.static_path if tomo.read_only else tomo.overlay_path
+        return tomo, chosen, tomo.static_path if tomo.read_only else tomo.overlay_path
+
+    def _group(self, run: str, tomo_type: str | None) -> tuple[zarr.Group, dict, str, str]:
+        """(zarr group, its .zattrs, resolved type, location) of one tomogram; no voxels read."""
+        tomo, chosen, where = self._tomogram_entry(run, tomo_type)
         try:
             group = zarr.open_group(tomo.zarr(), mode="r")
             zattrs = group.attrs.asdict()
@@ -248,8 +252,7 @@ class Dataset:
 
     def tomogram_path(self, run: str, tomo_type: str | None = None) -> Path:
         """The folder of one tomogram's zarr store (where its files lie; nothing is read)."""
-        *_, where = self._group(run, tomo_type)
-        return Path(where)
+        return Path(self._tomogram_entry(run, tomo_type)[2])
 
     def source_facts(self, run: str) -> dict:
         """Where the run's tomogram comes from and where its voxel size was read (for manifests)."""

@@ -224,9 +224,9 @@ def run_inference(
     out_csv = check_output(out_csv, "output", overwrite=overwrite)
     check_output(manifest_path(out_csv), "manifest", overwrite=overwrite)
     check_output(scores_path(out_csv), "score sidecar", overwrite=overwrite)
-    lock = (locks.hold(locks.sibling_lock(out_csv), "output", out_csv, force=force) if ddp.launched_rank() == 0
-            else contextlib.nullcontext())
-    with lock:
+    with contextlib.ExitStack() as cleanup:
+        if ddp.launched_rank() == 0:
+            cleanup.enter_context(locks.hold(locks.sibling_lock(out_csv), "output", out_csv, force=force))
         # everything that needs no model is checked first: building models takes a while
         spec, check, unfinished = resolve_predictor(
             models, tta=tta, tile_zyx=tile_zyx, batch_size=batch_size, thresholds=thresholds,
@@ -238,107 +238,105 @@ def run_inference(
             # validates the ids (and refuses the truth user); a table without runs writes nothing
             dataset.write_picks(empty_table(CANDIDATE_COLUMNS), user_id=copick_user, session_id=copick_session)
         ctx = ddp.init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        try:
-            predictor = Predictor.load(spec, ctx.device)
-            _check_inputs(dataset, selected, predictor)
-            if ctx.is_main and check.status == "defaults":
-                print(f"note: no thresholds file given or found with the models; using the default thresholds {thr} "
-                      "(tune them with `czii tune`)", file=sys.stderr)
-            if ctx.is_main and check.status == "unrecorded":
-                print(f"note: {check.source} does not record the predictor spec it was tuned under; it cannot be "
-                      f"checked against this predictor (spec {spec.hash})", file=sys.stderr)
-            if ctx.is_main and unfinished:
-                print(f"warning: unfinished training used (--allow-unfinished; recorded in the manifest): "
-                      f"{'; '.join(unfinished)}", file=sys.stderr)
-            if ctx.is_main and check.status == "mismatch-allowed":
-                print(f"warning: {check.source} was tuned under spec {check.tuned_hash}, this predictor is spec "
-                      f"{spec.hash} (--allow-spec-mismatch; recorded in the manifest)", file=sys.stderr)
+        cleanup.callback(ddp.shutdown, ctx)
+        predictor = Predictor.load(spec, ctx.device)
+        _check_inputs(dataset, selected, predictor)
+        if ctx.is_main and check.status == "defaults":
+            print(f"note: no thresholds file given or found with the models; using the default thresholds {thr} "
+                  "(tune them with `czii tune`)", file=sys.stderr)
+        if ctx.is_main and check.status == "unrecorded":
+            print(f"note: {check.source} does not record the predictor spec it was tuned under; it cannot be "
+                  f"checked against this predictor (spec {spec.hash})", file=sys.stderr)
+        if ctx.is_main and unfinished:
+            print(f"warning: unfinished training used (--allow-unfinished; recorded in the manifest): "
+                  f"{'; '.join(unfinished)}", file=sys.stderr)
+        if ctx.is_main and check.status == "mismatch-allowed":
+            print(f"warning: {check.source} was tuned under spec {check.tuned_hash}, this predictor is spec "
+                  f"{spec.hash} (--allow-spec-mismatch; recorded in the manifest)", file=sys.stderr)
 
-            key = {"spec": dataclasses.asdict(spec), "thresholds": thr, "data": str(Path(data).resolve()),
-                   "split": dataset.split, "voxel_size_A": voxel_size_A,
-                   "checkpoints": input_identity([m.checkpoint for m in spec.members])}
-            store = RunStore(work_dir(out_csv), key if ctx.is_main else None)
-            ddp.barrier(ctx)
-            waiting = [run for run in store.done() if run in selected]
-            if ctx.is_main and waiting:
-                print(f"resuming: {len(waiting)} of {len(selected)} runs already predicted in {store.folder}",
-                      file=sys.stderr)
+        key = {"spec": dataclasses.asdict(spec), "thresholds": thr, "data": str(Path(data).resolve()),
+               "split": dataset.split, "voxel_size_A": voxel_size_A,
+               "checkpoints": input_identity([m.checkpoint for m in spec.members])}
+        store = RunStore(work_dir(out_csv), key if ctx.is_main else None)
+        ddp.barrier(ctx)
+        waiting = [run for run in store.done() if run in selected]
+        if ctx.is_main and waiting:
+            print(f"resuming: {len(waiting)} of {len(selected)} runs already predicted in {store.folder}",
+                  file=sys.stderr)
 
-            def predict_run(run: str) -> tuple[pd.DataFrame, dict]:
-                identity = input_identity([dataset.tomogram_path(run, t) for t in spec.input.channels])
-                stored = store.load(run, identity)
-                if stored is not None:
-                    return stored
-                picks, info = predictor.predict_run(dataset, run, thr, progress)
-                store.save(run, picks, info, identity)
-                return picks, info
+        def predict_run(run: str) -> tuple[pd.DataFrame, dict]:
+            identity = input_identity([dataset.tomogram_path(run, t) for t in spec.input.channels])
+            stored = store.load(run, identity)
+            if stored is not None:
+                return stored
+            picks, info = predictor.predict_run(dataset, run, thr, progress)
+            store.save(run, picks, info, identity)
+            return picks, info
 
-            def predict_shard() -> dict[str, tuple[pd.DataFrame, dict]]:
-                mine = shard_runs(selected, ctx.rank, ctx.world_size)
-                desc = "runs" if not ctx.enabled else f"runs (rank {ctx.rank})"
-                bar = tqdm(mine, desc=desc, unit="run", disable=None if progress else True)
-                return {run: predict_run(run) for run in bar}
+        def predict_shard() -> dict[str, tuple[pd.DataFrame, dict]]:
+            mine = shard_runs(selected, ctx.rank, ctx.world_size)
+            desc = "runs" if not ctx.enabled else f"runs (rank {ctx.rank})"
+            bar = tqdm(mine, desc=desc, unit="run", disable=None if progress else True)
+            return {run: predict_run(run) for run in bar}
 
-            by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
-            for run in selected if ctx.is_main else ():
-                plan = by_run[run][1]["input"]
-                trained_at = predictor.spacing_zyx_A
-                if plan["resampled"] or plan["level"] != spec.input.level:
-                    where = f"level {spec.input.level}" + ("" if trained_at is None else f", {trained_at[-1]:.4g} Å voxels")
-                    print(f"note: run {run!r}: read level {plan['level']} at {plan['source_spacing_zyx_A'][-1]:.4g} Å and "
-                          f"predicted at {plan['spacing_zyx_A'][-1]:.4g} Å (factor {plan['factor']:.4g}; the models were "
-                          f"trained at {where}); recorded in the manifest", file=sys.stderr)
-            picks = pd.concat([by_run[run][0] for run in selected], ignore_index=True)
-            scored = to_submission(picks, keep_score=True)
-            submission = scored[list(SUBMISSION_COLUMNS)]
-            checks = {
-                "extents_xyz_A": {run: extent_xyz_A(info["shape_zyx"], info["spacing_zyx_A"])
-                                  for run, (_, info) in by_run.items()},
-                "runs": selected,
-            }
-            validate_submission(submission, **checks)
-            manifest = {
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "out_csv": str(out_csv),
-                "models": [str(m) for m in ([models] if isinstance(models, (str, Path)) else models)],
-                "spec_hash": spec.hash,
-                "spec": dataclasses.asdict(predictor.spec),  # with the members' voxel size
-                "checkpoints": [
-                    {"path": m.checkpoint, "sha256": sha256_file(m.checkpoint), "weight": m.weight,
-                     "epoch": meta.get("epoch"), "val_score": meta.get("val_score")}
-                    for m, meta in zip(spec.members, predictor.metas)
-                ],
-                "unfinished_members": unfinished,
-                "resumed_runs": [run for run in selected if by_run[run][1].get("resumed")],
-                "model_spacing_zyx_A": [meta.get("spacing_zyx_A") for meta in predictor.metas],
-                "classes": list(spec.classes),
-                "input_channels": list(spec.input.channels),
-                "level": spec.input.level,
-                "thresholds": {"values": thr, "source": check.source if check.thresholds is not None
-                               else DEFAULT_THRESHOLDS_ORIGIN, "tuned_spec_hash": check.tuned_hash,
-                               "spec_check": check.status},
-                "tta": list(spec.tta),
-                "data": {"source": str(data), "split": dataset.split, "runs": selected},
-                "inputs": {run: _input_facts(dataset, run, by_run[run][1], spec.input.channels[0]) for run in selected},
-                "git_commit": git_commit(),
-                "device": str(ctx.device),
-                "world_size": ctx.world_size,
-                "torch_version": torch.__version__,
-                "timings": {run: by_run[run][1] for run in selected},
-                "picks_per_class": {name: int((picks["particle_type"] == name).sum()) for name in spec.classes},
-                "n_picks": len(submission),
-                "total_seconds": time.perf_counter() - started,
-            }
-            if ctx.is_main:
-                _write_outputs(out_csv, scored, manifest, **checks)
-                if copick_user is not None:
-                    try:
-                        dataset.write_picks(picks, user_id=copick_user, session_id=copick_session)
-                    except BaseException:
-                        for path in (out_csv, manifest_path(out_csv), scores_path(out_csv)):
-                            path.unlink(missing_ok=True)
-                        raise
-                store.remove()
-            return InferenceResult(submission=submission, manifest=manifest)
-        finally:
-            ddp.shutdown(ctx)
+        by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
+        for run in selected if ctx.is_main else ():
+            plan = by_run[run][1]["input"]
+            trained_at = predictor.spacing_zyx_A
+            if plan["resampled"] or plan["level"] != spec.input.level:
+                where = f"level {spec.input.level}" + ("" if trained_at is None else f", {trained_at[-1]:.4g} Å voxels")
+                print(f"note: run {run!r}: read level {plan['level']} at {plan['source_spacing_zyx_A'][-1]:.4g} Å and "
+                      f"predicted at {plan['spacing_zyx_A'][-1]:.4g} Å (factor {plan['factor']:.4g}; the models were "
+                      f"trained at {where}); recorded in the manifest", file=sys.stderr)
+        picks = pd.concat([by_run[run][0] for run in selected], ignore_index=True)
+        scored = to_submission(picks, keep_score=True)
+        submission = scored[list(SUBMISSION_COLUMNS)]
+        checks = {
+            "extents_xyz_A": {run: extent_xyz_A(info["shape_zyx"], info["spacing_zyx_A"])
+                              for run, (_, info) in by_run.items()},
+            "runs": selected,
+        }
+        validate_submission(submission, **checks)
+        manifest = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "out_csv": str(out_csv),
+            "models": [str(m) for m in ([models] if isinstance(models, (str, Path)) else models)],
+            "spec_hash": spec.hash,
+            "spec": dataclasses.asdict(predictor.spec),  # with the members' voxel size
+            "checkpoints": [
+                {"path": m.checkpoint, "sha256": sha256_file(m.checkpoint), "weight": m.weight,
+                 "epoch": meta.get("epoch"), "val_score": meta.get("val_score")}
+                for m, meta in zip(spec.members, predictor.metas)
+            ],
+            "unfinished_members": unfinished,
+            "resumed_runs": [run for run in selected if by_run[run][1].get("resumed")],
+            "model_spacing_zyx_A": [meta.get("spacing_zyx_A") for meta in predictor.metas],
+            "classes": list(spec.classes),
+            "input_channels": list(spec.input.channels),
+            "level": spec.input.level,
+            "thresholds": {"values": thr, "source": check.source if check.thresholds is not None
+                           else DEFAULT_THRESHOLDS_ORIGIN, "tuned_spec_hash": check.tuned_hash,
+                           "spec_check": check.status},
+            "tta": list(spec.tta),
+            "data": {"source": str(data), "split": dataset.split, "runs": selected},
+            "inputs": {run: _input_facts(dataset, run, by_run[run][1], spec.input.channels[0]) for run in selected},
+            "git_commit": git_commit(),
+            "device": str(ctx.device),
+            "world_size": ctx.world_size,
+            "torch_version": torch.__version__,
+            "timings": {run: by_run[run][1] for run in selected},
+            "picks_per_class": {name: int((picks["particle_type"] == name).sum()) for name in spec.classes},
+            "n_picks": len(submission),
+            "total_seconds": time.perf_counter() - started,
+        }
+        if ctx.is_main:
+            _write_outputs(out_csv, scored, manifest, **checks)
+            if copick_user is not None:
+                try:
+                    dataset.write_picks(picks, user_id=copick_user, session_id=copick_session)
+                except BaseException:
+                    for path in (out_csv, manifest_path(out_csv), scores_path(out_csv)):
+                        path.unlink(missing_ok=True)
+                    raise
+            store.remove()
+        return InferenceResult(submission=submission, manifest=manifest)

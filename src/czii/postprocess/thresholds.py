@@ -302,58 +302,53 @@ def tune_run_dir(
     if not RunDir(run_dir).path.is_dir():
         raise DataError(f"run directory {run_dir} does not exist")
     with writing(RunDir(run_dir), force=force):
-        return _tune_run_dir(run_dir, out, grid, allow_unfinished, tolerance, margin, bootstrap)
-
-
-def _tune_run_dir(run_dir: str | os.PathLike, out: Path, grid: np.ndarray | None, allow_unfinished: bool,
-                  tolerance: float, margin: float, bootstrap: int) -> TuneReport:
-    unfinished = check_finished([f.best for f in RunDir(run_dir).folds()], allow_unfinished)
-    oof = read_oof(run_dir)
-    default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLD)
-    thresholds = tune_thresholds(oof.candidates, oof.truth, grid=grid, tolerance=tolerance, margin=margin,
-                                 bootstrap=bootstrap)
-    tuned = score_at(oof.candidates, oof.truth, thresholds)
-    folds: dict[str, list[str]] = {}
-    for run, fold in oof.groups.items():
-        folds.setdefault(fold, []).append(run)
-    cross = (cross_fitted_score(oof.candidates, oof.truth, oof.groups, grid=grid, tolerance=tolerance, margin=margin,
-                                bootstrap=bootstrap)
-             if len(folds) > 1 else None)
-    per_class = pd.DataFrame(
-        {
-            "particle_type": default.per_class["particle_type"],
-            "weight": default.per_class["weight"],
-            "n_truth": default.per_class["n_truth"],
-            "threshold_default": default.per_class["threshold"],
-            "f_beta_default": default.per_class["f_beta"],
-            "threshold_tuned": tuned.per_class["threshold"],
-            "f_beta_in_sample": tuned.per_class["f_beta"],
-            "f_beta_cross_fitted": cross.per_class["f_beta"] if cross else np.nan,
+        unfinished = check_finished([f.best for f in RunDir(run_dir).folds()], allow_unfinished)
+        oof = read_oof(run_dir)
+        default = score_at(oof.candidates, oof.truth, DEFAULT_THRESHOLD)
+        thresholds = tune_thresholds(oof.candidates, oof.truth, grid=grid, tolerance=tolerance, margin=margin,
+                                     bootstrap=bootstrap)
+        tuned = score_at(oof.candidates, oof.truth, thresholds)
+        folds: dict[str, list[str]] = {}
+        for run, fold in oof.groups.items():
+            folds.setdefault(fold, []).append(run)
+        cross = (cross_fitted_score(oof.candidates, oof.truth, oof.groups, grid=grid, tolerance=tolerance,
+                                    margin=margin, bootstrap=bootstrap)
+                 if len(folds) > 1 else None)
+        per_class = pd.DataFrame(
+            {
+                "particle_type": default.per_class["particle_type"],
+                "weight": default.per_class["weight"],
+                "n_truth": default.per_class["n_truth"],
+                "threshold_default": default.per_class["threshold"],
+                "f_beta_default": default.per_class["f_beta"],
+                "threshold_tuned": tuned.per_class["threshold"],
+                "f_beta_in_sample": tuned.per_class["f_beta"],
+                "f_beta_cross_fitted": cross.per_class["f_beta"] if cross else np.nan,
+            }
+        )
+        report = {
+            "spec_hash": oof.spec_hash,
+            "spec": oof.spec,
+            "method": "exact" if grid is None else "grid",
+            **({} if grid is None else {"grid": [float(g) for g in grid]}),
+            "tolerance": tolerance,
+            "margin": margin,
+            "bootstrap": bootstrap,
+            "score_default": default.score,
+            "score_tuned_in_sample": tuned.score,
+            "score_cross_fitted": cross.score if cross else None,
+            "runs": sorted(oof.groups),
+            "unfinished_members": unfinished,
+            "folds": folds,
+            "default_thresholds": dict(DEFAULT_THRESHOLDS),
+            "thresholds_by_fold": cross.thresholds_by_fold if cross else None,
+            "per_class": json.loads(per_class.to_json(orient="records")),
         }
-    )
-    report = {
-        "spec_hash": oof.spec_hash,
-        "spec": oof.spec,
-        "method": "exact" if grid is None else "grid",
-        **({} if grid is None else {"grid": [float(g) for g in grid]}),
-        "tolerance": tolerance,
-        "margin": margin,
-        "bootstrap": bootstrap,
-        "score_default": default.score,
-        "score_tuned_in_sample": tuned.score,
-        "score_cross_fitted": cross.score if cross else None,
-        "runs": sorted(oof.groups),
-        "unfinished_members": unfinished,
-        "folds": folds,
-        "default_thresholds": dict(DEFAULT_THRESHOLDS),
-        "thresholds_by_fold": cross.thresholds_by_fold if cross else None,
-        "per_class": json.loads(per_class.to_json(orient="records")),
-    }
-    save_thresholds(out, thresholds, report=report)
-    return TuneReport(
-        out, thresholds, default.score, tuned.score, cross.score if cross else None, per_class,
-        folds, oof.skipped, len(oof.candidates), len(oof.truth), oof.spec_hash,
-    )
+        save_thresholds(out, thresholds, report=report)
+        return TuneReport(
+            out, thresholds, default.score, tuned.score, cross.score if cross else None, per_class,
+            folds, oof.skipped, len(oof.candidates), len(oof.truth), oof.spec_hash,
+        )
 
 
 # ---------------------------------------------------------------- internals

@@ -139,19 +139,17 @@ def repredict_run_dir(run_dir: str | os.PathLike, *, overrides: Sequence[str] = 
     if not folds:
         raise DataError(f"{rd.path}: no fold<K>/checkpoints/best.pt to predict with")
     with writing(rd, force=force):
-        return _repredict(rd, config, folds, device, workdir)
+        datasets = open_sources(config, workdir)
+        dev = torch.device(device)
+        spec = None
+        for fold in folds:
+            held_out = json.loads(fold.seed.read_text()).get("val_runs") if fold.seed.is_file() else None
+            val_runs = load_val_runs(config, datasets, fold.index)
+            if held_out is not None and sorted(held_out) != sorted(v.run for v in val_runs):
+                raise DataError(f"{fold.name} held out {sorted(held_out)} in training, but the data now give "
+                                f"{sorted(v.run for v in val_runs)}; pass the training data with --data")
+            shipped_oof(config, fold, val_runs, dev)
+            spec = spec_from_config(config, [(fold.best, 1.0)])
+        return spec
 
 
-def _repredict(rd: RunDir, config: Config, folds: Sequence[FoldDir], device: str, workdir) -> PredictorSpec:
-    datasets = open_sources(config, workdir)
-    dev = torch.device(device)
-    spec = None
-    for fold in folds:
-        held_out = json.loads(fold.seed.read_text()).get("val_runs") if fold.seed.is_file() else None
-        val_runs = load_val_runs(config, datasets, fold.index)
-        if held_out is not None and sorted(held_out) != sorted(v.run for v in val_runs):
-            raise DataError(f"{fold.name} held out {sorted(held_out)} in training, but the data now give "
-                            f"{sorted(v.run for v in val_runs)}; pass the training data with --data")
-        shipped_oof(config, fold, val_runs, dev)
-        spec = spec_from_config(config, [(fold.best, 1.0)])
-    return spec
