@@ -52,7 +52,7 @@ def read_mrc_header(path: str | Path) -> MrcHeader:
                          (float(size.z), float(size.y), float(size.x)))
 
 
-def unsigned_bytes(header: np.recarray) -> bool:
+def _unsigned_bytes(header: np.recarray) -> bool:
     """True when a mode-0 header was written by IMOD without its signed-bytes flag (module docstring)."""
     if int(header.mode) != 0:
         return False
@@ -68,7 +68,7 @@ def read_mrc(path: str | Path) -> np.ndarray:
     with _open(path) as mrc:
         if mrc.data.ndim != 3:
             raise DataError(f"{path}: expected a 3-D z,y,x volume, got shape {mrc.data.shape}")
-        data = mrc.data.view(np.uint8) if unsigned_bytes(mrc.header) else mrc.data
+        data = mrc.data.view(np.uint8) if _unsigned_bytes(mrc.header) else mrc.data
         return np.asarray(data, dtype=np.float32).copy()
 
 
