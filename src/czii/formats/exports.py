@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -206,7 +207,9 @@ def read_picks(path: str | Path, fmt: str, frames: Mapping[str, Frame], *, parti
 def _read_tbl(path: Path, frames: Mapping[str, Frame], particle: str | None,
               voxel_size_A: float | None) -> pd.DataFrame:
     try:
-        rows = np.atleast_2d(np.loadtxt(path, ndmin=2))
+        with warnings.catch_warnings():  # an empty table is a valid one with no picks, not a warning
+            warnings.simplefilter("ignore", UserWarning)
+            rows = np.atleast_2d(np.loadtxt(path, ndmin=2))
     except ValueError as exc:
         raise DataError(f"{path}: not a numeric Dynamo table ({exc})") from None
     if rows.size and rows.shape[1] < 26:
