@@ -73,10 +73,13 @@ def read_scored_submission(path: str | Path) -> pd.DataFrame:
         scores = pd.read_csv(sidecar)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SubmissionError(f"{sidecar}: unreadable score sidecar ({exc})") from None
+    if table["id"].duplicated().any():
+        raise SubmissionError(f"{path}: duplicate ids {preview(sorted(set(table['id'][table['id'].duplicated()])))}; "
+                              "scores cannot be attached by id")
     if list(scores.columns) != ["id", "score"] or sorted(scores["id"]) != sorted(table["id"]):
         raise SubmissionError(f"{sidecar}: expected columns id, score with the ids of {path}; the sidecar belongs "
                               "to another submission (delete it to export without scores)")
-    return table.merge(scores, on="id", how="left", validate="one_to_one")
+    return table.merge(scores, on="id", how="left")
 
 
 def validate_submission(

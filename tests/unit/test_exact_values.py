@@ -15,10 +15,10 @@ import starfile
 import torch
 
 from czii.config import AugmentConfig, LossConfig
-from czii.errors import ConfigError, SubmissionError
+from czii.errors import ConfigError, DataError, SubmissionError
 from czii.data.normalize import normalize_volume
 from czii.formats.exports import Frame, read_picks, write_picks
-from czii.formats.mrc import write_mrc
+from czii.formats.mrc import read_mrc, write_mrc
 from czii.formats.omezarr import read_ome_zarr, write_ome_zarr
 from czii.formats.tomogram import find_tomograms
 from czii.inference.tiling import axis_starts, blend_window
@@ -26,12 +26,13 @@ from czii.metric import score
 from czii.picks import check_picks_table, neighbours, read_picks_csv
 from czii.postprocess.peaks import detect_peaks
 from czii.predictor import check_recorded_hash
-from czii.submission import to_submission
+from czii.geometry import resample_zyx
+from czii.submission import read_scored_submission, scores_path, to_submission, validate_submission
 from czii.training.augment import (SpatialAug, augment_intensity, mixup, rotate_points_z, rotate_z,
                                    rotation_margin_zyx, sample_rotation_deg)
 from czii.training.losses import HeatmapLoss
 from czii.training.optim import lr_factor, plan_epochs
-from czii.training.targets import class_probabilities
+from czii.training.targets import TargetRenderer, class_probabilities
 
 OFF = dict(flips=False, rot90_xy=False, small_rotation_deg=0.0, intensity_scale=0.0, intensity_shift=0.0,
            intensity_ramp=0.0, noise_std=0.0, mixup_prob=0.0, mixup_alpha=0.4)
@@ -71,6 +72,7 @@ def test_a_class_without_picks_or_truth_reports_zero_precision_and_recall():
     assert (apo.tp, apo.fp, apo.fn, apo.precision, apo.recall) == (0, 0, 0, 0.0, 0.0)
     assert report.table.index.name == "particle_type"
     assert report.to_dict()["beta"] == 4.0
+    assert score(truth, pred, beta=2.0).to_dict()["beta"] == 2.0
 
 
 def test_duplicate_solution_points_are_refused_even_when_only_two_rows_share_a_position():
@@ -217,6 +219,7 @@ def test_rotation_margins_by_hand():
     margin = rotation_margin_zyx(30.0, (4, 9, 13))
     assert margin.tolist() == [0, 3, 2] and margin.dtype == np.int64
     assert rotation_margin_zyx(0.0, (4, 9, 13)).tolist() == [0, 0, 0]
+    assert rotation_margin_zyx(45.0, (4, 9, 9)).tolist() == [0, 2, 2]  # ceil(8 · 0.7071 − 4) = ceil(1.657)
 
 
 def test_rotation_angles_span_both_signs_and_are_zero_when_off():
@@ -240,8 +243,8 @@ def test_flip_dims_are_z_y_x_of_the_last_three_axes():
     assert torch.equal(SpatialAug((False, False, False), 1).apply(t), torch.rot90(t, 1, dims=(-2, -1)))
 
 
-def _reference_intensity(x: np.ndarray, seed: int, cfg: AugmentConfig) -> np.ndarray:
-    """The docstring's recipe, drawing from the generator in the documented order."""
+def _reference_intensity(x: np.ndarray, seed: int, cfg: AugmentConfig) -> tuple[np.ndarray, float]:
+    """The docstring's recipe, drawing from the generator in the documented order; and the generator's next draw."""
     rng = np.random.default_rng(seed)
     if cfg.intensity_scale > 0:
         x = x * rng.uniform(1 - cfg.intensity_scale, 1 + cfg.intensity_scale)
@@ -255,7 +258,7 @@ def _reference_intensity(x: np.ndarray, seed: int, cfg: AugmentConfig) -> np.nda
     if cfg.noise_std > 0:
         sigma = rng.uniform(0.0, cfg.noise_std)
         x = (x + rng.normal(0.0, sigma, size=x.shape)) / np.sqrt(1.0 + sigma**2)
-    return x
+    return x, rng.random()
 
 
 @pytest.mark.parametrize("on", [dict(intensity_scale=0.3), dict(intensity_shift=0.4), dict(intensity_ramp=0.5),
@@ -266,7 +269,10 @@ def test_intensity_augmentation_follows_its_recipe(on, seed):
     x = np.random.default_rng(9).normal(size=(1, 3, 6, 5))
     cfg = _augment(**on)
     out = augment_intensity(torch.from_numpy(x.astype(np.float32)), np.random.default_rng(seed), cfg)
-    assert out.numpy() == pytest.approx(_reference_intensity(x, seed, cfg), abs=1e-5)
+    assert out.numpy() == pytest.approx(_reference_intensity(x, seed, cfg)[0], abs=1e-5)
+    rng = np.random.default_rng(seed)
+    augment_intensity(torch.from_numpy(x.astype(np.float32)), rng, cfg)
+    assert rng.random() == _reference_intensity(x, seed, cfg)[1]  # as many draws as the recipe: later ones unchanged
 
 
 def test_intensity_scale_and_shift_reach_both_ends_of_their_ranges():
@@ -307,16 +313,24 @@ def test_a_heat_of_exactly_one_half_labels_its_class():
 
 
 def test_focal_loss_by_hand():
-    """One voxel per class, logits giving p = 0.2, soft target 0.5, γ 2, class weights 1 and 3, pos_weight 5:
-    BCE = −(0.5 ln 0.2 + 0.5 ln 0.8), p_t = 0.5, weight = w · (1 + 4 · 0.5); the loss is their mean over
+    """Two classes at p = 0.2 and 0.6, two voxels each, soft target 0.5, γ 2, class weights 1 and 3, pos_weight 5:
+    per voxel BCE = −(0.5 ln p + 0.5 ln(1 − p)), p_t = 0.5, weight = w · (1 + 4 · 0.5); the loss is the mean over
     voxels and classes."""
-    logit = math.log(0.2 / 0.8)
-    logits = torch.full((1, 2, 1, 1, 2), logit)
+    probs = (0.2, 0.6)
+    logits = torch.tensor([math.log(p / (1 - p)) for p in probs]).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 2)
     target = torch.full((1, 2, 1, 1, 2), 0.5)
     loss = HeatmapLoss(LossConfig("focal", [1.0, 3.0], pos_weight=5.0, background_weight=1.0, focal_gamma=2.0), 2)
-    bce = -(0.5 * math.log(0.2) + 0.5 * math.log(0.8))
-    expected = np.mean([bce * 0.25 * w * 3.0 for w in (1.0, 1.0, 3.0, 3.0)])
+    bce = [-(0.5 * math.log(p) + 0.5 * math.log(1 - p)) for p in probs]
+    expected = np.mean([b * 0.25 * w * 3.0 for b, w in zip(bce, (1.0, 3.0)) for _ in range(2)])
     assert loss(logits, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_target_reach_by_hand():
+    """Radius 10 voxels: a Gaussian of σ = 0.5 · radius reaches ceil(3σ) = 15 voxels, a sphere of factor 0.45
+    floor(4.5) = 4."""
+    radius = np.full((1, 3), 10.0)
+    assert TargetRenderer("gaussian", radius, 0.5, 0.45).reach_zyx_vox().tolist() == [[15.0, 15.0, 15.0]]
+    assert TargetRenderer("sphere", radius, 0.5, 0.45).reach_zyx_vox().tolist() == [[4.0, 4.0, 4.0]]
 
 
 def test_schedules_by_hand():
@@ -407,3 +421,72 @@ def test_a_hash_recorded_without_its_recipe_is_not_checked():
     check_recorded_hash({"spec_hash": "0123456789ab", "thresholds": {}}, "thresholds.json")
     with pytest.raises(ConfigError, match="thresholds.json"):
         check_recorded_hash({"spec_hash": "0123456789ab", "spec": {}}, "thresholds.json")
+
+
+def test_tied_peaks_keep_raster_order_and_the_first_of_a_tied_pair_survives_the_merge():
+    """60 isolated peaks of one height: picks come in z, y, x order. Each has a tied twin 2 voxels along x (inside
+    the merge radius of 1.5 × 150 Å at 100 Å voxels, outside the kernel): the first in raster order is kept."""
+    p = np.zeros((12, 12, 40), np.float32)
+    centres = [(z, y, x) for z in range(1, 12, 3) for y in range(1, 12, 3) for x in range(1, 38, 10)]
+    for z, y, x in centres:
+        p[z, y, x] = 0.9
+    picks = detect_peaks(_one_class(p), ["ribosome"], 100.0, thresholds=0.5, run="r", nms_radius_factor=0.1)
+    assert list(zip(picks.z, picks.y, picks.x)) == [(100.0 * z, 100.0 * y, 100.0 * x) for z, y, x in centres]
+    for z, y, x in centres:
+        p[z, y, x + 2] = 0.9
+    merged = detect_peaks(_one_class(p), ["ribosome"], 100.0, thresholds=0.5, run="r", nms_radius_factor=0.1,
+                          merge_factor=1.5)
+    assert list(zip(merged.z, merged.y, merged.x)) == [(100.0 * z, 100.0 * y, 100.0 * x) for z, y, x in centres]
+
+
+def test_downsampling_smooths_with_the_documented_gaussian():
+    """x halved (σ = (2 − 1) / 2 = 0.5 voxel), y kept (σ = 0): on (−1)^(x+y) · 100 stored as int16, an interior output
+    voxel j keeps the sign of input voxel 2j times Σ_k w_k (−1)^k / Σ_k w_k with w_k = exp(−k² / (2σ²)), |k| ≤ 2
+    (scipy truncates at 4σ); the border voxel sees the edge value repeated: (w0 + 2 w2) / Σ w."""
+    y, x = np.meshgrid(np.arange(6), np.arange(16), indexing="ij")
+    volume = np.broadcast_to(100 * (-1) ** (x + y), (3, 6, 16)).astype(np.int16)  # sign of voxel (y, x)
+    out = resample_zyx(volume, (10.0, 10.0, 10.0), (10.0, 10.0, 20.0))
+    w = np.exp(-np.arange(-2, 3) ** 2 / (2 * 0.25))
+    interior = 100 * (w * (-1.0) ** np.arange(-2, 3)).sum() / w.sum()
+    assert out.dtype == np.float32 and out.shape == (3, 6, 8)
+    assert out[1, :, 2:6] == pytest.approx(interior * (-1.0) ** y[:, :4], rel=1e-5)
+    assert out[1, 0, 0] == pytest.approx(100 * (w[2] + 2 * w[0]) / w.sum(), rel=1e-5)
+
+
+def test_a_dynamo_table_without_names_is_refused_when_the_run_is_ambiguous(tmp_path):
+    row = np.zeros(35)
+    row[19], row[21], row[23:26] = 1, 1, (11.0, 1.0, 1.0)
+    path = tmp_path / "bare.tbl"
+    np.savetxt(path, row[None])
+    frames = {"TS_a": Frame((64, 64, 64), 10.0), "TS_b": Frame((64, 64, 64), 10.0)}
+    with pytest.raises(DataError, match="tomogram indices"):
+        read_picks(path, "tbl", frames, particle="ribosome")
+    assert read_picks(path, "tbl", {"TS_a": frames["TS_a"]}, particle="ribosome").experiment[0] == "TS_a"
+    (tmp_path / "bare.tbl.czii.json").write_text('{"tomograms": {"1": "TS_a"}, "voxel_size_A": {"TS_a": 0}}')
+    with pytest.raises(DataError, match="positive"):
+        read_picks(path, "tbl", frames, particle="ribosome")
+
+
+def test_submission_scores_and_ids_are_checked(tmp_path):
+    picks = _picks([["A", "ribosome", 0, 0, 0]]).assign(score=1.5)
+    with pytest.raises(SubmissionError, match="score"):
+        to_submission(picks, keep_score=True)
+    sub = to_submission(picks.drop(columns="score")).astype({"id": object})
+    sub.loc[0, "id"] = "a"
+    with pytest.raises(SubmissionError, match="integers"):
+        validate_submission(sub)
+    path = tmp_path / "dup.csv"
+    path.write_text("id,experiment,particle_type,x,y,z\n0,A,ribosome,0,0,0\n0,A,ribosome,5,5,5\n")
+    scores_path(path).write_text("id,score\n0,0.5\n0,0.6\n")
+    with pytest.raises(SubmissionError, match="duplicate ids"):
+        read_scored_submission(path)
+
+
+def test_an_mrc_file_without_its_map_stamp_is_refused(tmp_path):
+    path = tmp_path / "broken.mrc"
+    write_mrc(path, np.zeros((4, 4, 4), np.float32), 10.0)
+    raw = bytearray(path.read_bytes())
+    raw[208:212] = b"XXXX"  # the "MAP " stamp of MRC2014
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="broken.mrc"):
+        read_mrc(path)
