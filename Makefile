@@ -38,7 +38,7 @@ help: ## list the targets and their knobs
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,onnx]'
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the package with pinned dependencies

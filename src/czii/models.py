@@ -244,6 +244,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except RuntimeError as exc:
         raise DataError(f"{path}: weights do not fit model_config {ckpt['model_config']} ({exc})") from None
     model.to(device).eval()
+    return model, checkpoint_meta(ckpt)
+
+
+def checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metadata without its weights, with the network's ``stride``."""
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "ema_state_dict", "resume")}
-    meta["stride"] = stride(model_cfg)
-    return model, meta
+    meta["stride"] = stride(ModelConfig(**ckpt["model_config"]))
+    return meta

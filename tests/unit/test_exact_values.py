@@ -20,7 +20,7 @@ from czii.data.normalize import normalize_volume
 from czii.formats.exports import Frame, read_picks, write_picks
 from czii.formats.mrc import read_mrc, write_mrc
 from czii.formats.omezarr import read_ome_zarr, write_ome_zarr
-from czii.formats.tomogram import find_tomograms
+from czii.formats.tomogram import find_tomograms, is_tomogram_source
 from czii.inference.tiling import axis_starts, blend_window
 from czii.metric import score
 from czii.picks import check_picks_table, neighbours, read_picks_csv
@@ -215,7 +215,8 @@ def test_rotate_z_moves_a_voxel_where_rotate_points_z_says():
 
 
 def test_rotation_margins_by_hand():
-    """Patch (4, 9, 13) turned 30°: half-sides y 4, x 6 → y ceil(4 cos + 6 sin − 4) = 3, x ceil(4 sin + 6 cos − 6) = 2."""
+    """Patch (4, 9, 13) turned 30°: half-sides y 4, x 6 → y ceil(4 cos + 6 sin − 4) = 3,
+    x ceil(4 sin + 6 cos − 6) = 2."""
     margin = rotation_margin_zyx(30.0, (4, 9, 13))
     assert margin.tolist() == [0, 3, 2] and margin.dtype == np.int64
     assert rotation_margin_zyx(0.0, (4, 9, 13)).tolist() == [0, 0, 0]
@@ -226,7 +227,9 @@ def test_rotation_angles_span_both_signs_and_are_zero_when_off():
     rng = np.random.default_rng(0)
     angles = [sample_rotation_deg(rng, _augment(small_rotation_deg=0.5)) for _ in range(200)]
     assert -0.5 <= min(angles) < -0.4 and 0.4 < max(angles) <= 0.5
+    rng = np.random.default_rng(5)
     assert sample_rotation_deg(rng, _augment()) == 0.0
+    assert rng.random() == np.random.default_rng(5).random()  # off draws nothing: later draws are unchanged
 
 
 def test_flips_and_turns_are_fair_coins():
@@ -399,18 +402,42 @@ def test_sub_angstrom_dynamo_voxel_sizes_are_accepted(tmp_path):
 # ---- tomograms and their metadata -------------------------------------------------------------------------
 
 def test_tomograms_without_a_translation_sit_at_the_origin_and_other_files_are_ignored(tmp_path):
-    write_mrc(tmp_path / "TS_a.mrc", np.zeros((4, 6, 8), np.float32), 10.0)
-    write_ome_zarr(tmp_path / "TS_b.zarr", np.zeros((4, 6, 8), np.float32), 10.0, n_levels=2)
+    volume = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    write_mrc(tmp_path / "TS_a.mrc", volume, 10.0)
+    write_ome_zarr(tmp_path / "TS_b.zarr", volume, 12.0, n_levels=2)
     (tmp_path / "notes.txt").write_text("not a tomogram")
     found = find_tomograms(tmp_path)
     assert [f.run for f in found] == ["TS_a", "TS_b"]
     assert [f.translation_zyx_A for f in found] == [(0.0, 0.0, 0.0), (0.0, 0.0, 0.0)]
+    assert [f.shape_zyx for f in found] == [(4, 6, 8), (4, 6, 8)]
+    assert [f.header_spacing_zyx_A for f in found] == [(10.0, 10.0, 10.0), (12.0, 12.0, 12.0)]
+    assert all(np.array_equal(f.read(), volume) for f in found)
+    assert [f.run for f in find_tomograms(str(tmp_path / "TS_*"))] == ["TS_a", "TS_b"]
+    assert is_tomogram_source(tmp_path) and is_tomogram_source(str(tmp_path / "*.mrc"))
+    (tmp_path / "empty").mkdir()
+    assert not is_tomogram_source(tmp_path / "empty")
+
+
+def test_a_zarr_store_with_broken_metadata_is_reported_as_a_tomogram(tmp_path):
+    store = tmp_path / "TS.zarr"
+    store.mkdir()
+    (store / ".zattrs").write_text("{not json")
+    with pytest.raises(DataError, match=r"\.zattrs: unreadable OME-Zarr metadata"):
+        find_tomograms(store)
 
 
 def test_an_ome_zarr_is_read_at_level_zero_unless_asked(tmp_path):
     write_ome_zarr(tmp_path / "TS.zarr", np.zeros((4, 6, 8), np.float32), 10.0, n_levels=2)
     data, spacing = read_ome_zarr(tmp_path / "TS.zarr")
     assert data.shape == (4, 6, 8) and spacing == (10.0, 10.0, 10.0)
+
+
+@pytest.mark.parametrize("size", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_voxel_size_given_must_be_a_positive_number(tmp_path, size):
+    write_mrc(tmp_path / "TS.mrc", np.zeros((4, 4, 4), np.float32), 10.0)
+    with pytest.raises(DataError, match="--voxel-size must be a positive number"):
+        find_tomograms(tmp_path, voxel_size_A=size)
+    assert find_tomograms(tmp_path, voxel_size_A=0.5)[0].spacing_zyx_A == (0.5, 0.5, 0.5)
 
 
 def test_normalised_volumes_are_float32_whatever_comes_in():
@@ -424,19 +451,24 @@ def test_a_hash_recorded_without_its_recipe_is_not_checked():
 
 
 def test_tied_peaks_keep_raster_order_and_the_first_of_a_tied_pair_survives_the_merge():
-    """60 isolated peaks of one height: picks come in z, y, x order. Each has a tied twin 2 voxels along x (inside
-    the merge radius of 1.5 × 150 Å at 100 Å voxels, outside the kernel): the first in raster order is kept."""
+    """64 isolated peaks of two heights, alternating in z, y, x order: picks come highest first and, within a
+    height, in z, y, x order (an unstable sort scrambles ties beyond 16 elements). Each peak then gets a tied twin
+    2 voxels along x (inside the merge radius of 1.5 × 150 Å at 100 Å voxels, outside the kernel): the first of
+    each pair in z, y, x order is kept."""
     p = np.zeros((12, 12, 40), np.float32)
     centres = [(z, y, x) for z in range(1, 12, 3) for y in range(1, 12, 3) for x in range(1, 38, 10)]
-    for z, y, x in centres:
-        p[z, y, x] = 0.9
+    heights = [0.9 if i % 2 == 0 else 0.8 for i in range(len(centres))]
+    for (z, y, x), h in zip(centres, heights):
+        p[z, y, x] = h
+    expected = [(100.0 * z, 100.0 * y, 100.0 * x) for h in (0.9, 0.8)
+                for (z, y, x), hi in zip(centres, heights) if hi == h]
     picks = detect_peaks(_one_class(p), ["ribosome"], 100.0, thresholds=0.5, run="r", nms_radius_factor=0.1)
-    assert list(zip(picks.z, picks.y, picks.x)) == [(100.0 * z, 100.0 * y, 100.0 * x) for z, y, x in centres]
-    for z, y, x in centres:
-        p[z, y, x + 2] = 0.9
+    assert list(zip(picks.z, picks.y, picks.x)) == expected
+    for (z, y, x), h in zip(centres, heights):
+        p[z, y, x + 2] = h
     merged = detect_peaks(_one_class(p), ["ribosome"], 100.0, thresholds=0.5, run="r", nms_radius_factor=0.1,
                           merge_factor=1.5)
-    assert list(zip(merged.z, merged.y, merged.x)) == [(100.0 * z, 100.0 * y, 100.0 * x) for z, y, x in centres]
+    assert list(zip(merged.z, merged.y, merged.x)) == expected
 
 
 def test_downsampling_smooths_with_the_documented_gaussian():
@@ -490,3 +522,25 @@ def test_an_mrc_file_without_its_map_stamp_is_refused(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(DataError, match="broken.mrc"):
         read_mrc(path)
+
+
+def test_imports_honour_the_voxel_size_given_and_keep_unknown_scores(tmp_path):
+    """A Dynamo row at x = 11 (Dynamo counts from 1) read with --voxel-size 7: x = 10 × 7 Å; a CSV without scores
+    reads with NaN scores."""
+    row = np.zeros(35)
+    row[19], row[21], row[23:26] = 1, 1, (11.0, 1.0, 1.0)
+    path = tmp_path / "t.tbl"
+    np.savetxt(path, row[None])
+    frames = {"TS": Frame((64, 64, 64), 10.0)}
+    assert read_picks(path, "tbl", frames, particle="ribosome", voxel_size_A=7.0).x[0] == pytest.approx(70.0)
+    csv = tmp_path / "p.csv"
+    csv.write_text("experiment,particle_type,x,y,z\nTS,ribosome,1,2,3\n")
+    assert np.isnan(read_picks(csv, "csv", frames).score[0])
+
+
+def test_exports_refuse_scores_outside_zero_to_one(tmp_path):
+    picks = pd.DataFrame({"experiment": ["TS"], "particle_type": ["ribosome"], "x": [1.0], "y": [2.0], "z": [3.0],
+                          "score": [1.5]})
+    with pytest.raises(SubmissionError, match="score"):
+        write_picks(picks, tmp_path / "p.star", "star", {"TS": Frame((64, 64, 64), 10.0)})
+    assert not (tmp_path / "p.star").exists()

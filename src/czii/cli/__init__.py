@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ensemble": ("ensemble", "assemble an ensemble YAML from leaderboard rows and score it out-of-fold"),
     "export": ("export", "write a submission's scored picks as RELION 5 / RELION 4 STAR, Dynamo .tbl or CSV"),
     "import": ("import_picks", "read STAR / .tbl / CSV picks into a copick project or Kaggle directory"),
+    "export-model": ("export_model", "write a predictor's members as ONNX for `czii infer --runtime onnx`"),
     "kaggle-build": ("kaggle", "build the offline Kaggle dataset folder (wheels, checkpoints, thresholds, config)"),
 }
 

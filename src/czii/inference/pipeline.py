@@ -47,6 +47,7 @@ from czii.data import Dataset, TomogramFolder, open_input
 from czii.errors import ConfigError, DataError
 from czii.formats.tomogram import is_tomogram_source
 from czii.geometry import extent_xyz_A
+from czii.inference.onnx_members import onnx_path
 from czii.inference.predictor import Predictor, checkpoints_spec
 from czii.inference.resume import RunStore, input_identity, work_dir
 from czii.inference.sharding import gather_outcomes, shard_runs
@@ -206,6 +207,7 @@ def run_inference(
     allow_unfinished: bool = False,
     voxel_size_A: float | None = None,
     force: bool = False,
+    runtime: str = "torch",
 ) -> InferenceResult:
     """Predict ``runs`` (default: all) of ``data`` with ``models`` and write ``out_csv`` + manifest.
 
@@ -218,7 +220,8 @@ def run_inference(
     headers); every run is brought to the members' voxel size and its picks come back in its own frame (Å). An existing ``out_csv`` (or its
     manifest) is refused unless ``overwrite``; an unwritable one before anything is read. Rank 0 holds
     ``<out_csv>.lock`` throughout (:mod:`czii.locks`; ``force`` takes over a stale one), so two inferences
-    never share an output or its work folder. See the module docstring.
+    never share an output or its work folder. ``runtime`` ``onnx`` runs every member's ONNX export through
+    onnxruntime (:mod:`czii.inference.onnx_members`). See the module docstring.
     """
     started = time.perf_counter()
     out_csv = check_output(out_csv, "output", overwrite=overwrite)
@@ -239,7 +242,7 @@ def run_inference(
             dataset.write_picks(empty_table(CANDIDATE_COLUMNS), user_id=copick_user, session_id=copick_session)
         ctx = ddp.init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cleanup.callback(ddp.shutdown, ctx)
-        predictor = Predictor.load(spec, ctx.device)
+        predictor = Predictor.load(spec, ctx.device, runtime)
         _check_inputs(dataset, selected, predictor)
         if ctx.is_main and check.status == "defaults":
             print(f"note: no thresholds file given or found with the models; using the default thresholds {thr} "
@@ -256,7 +259,9 @@ def run_inference(
 
         key = {"spec": dataclasses.asdict(spec), "thresholds": thr, "data": str(Path(data).resolve()),
                "split": dataset.split, "voxel_size_A": voxel_size_A,
-               "checkpoints": input_identity([m.checkpoint for m in spec.members])}
+               "checkpoints": input_identity([m.checkpoint for m in spec.members]), "runtime": runtime}
+        if runtime == "onnx":
+            key["onnx"] = input_identity([onnx_path(m.checkpoint) for m in spec.members])
         store = RunStore(work_dir(out_csv), key if ctx.is_main else None)
         ddp.barrier(ctx)
         waiting = [run for run in store.done() if run in selected]
@@ -308,6 +313,8 @@ def run_inference(
                  "epoch": meta.get("epoch"), "val_score": meta.get("val_score")}
                 for m, meta in zip(spec.members, predictor.metas)
             ],
+            "runtime": runtime,
+            "onnx": [str(onnx_path(m.checkpoint)) for m in spec.members] if runtime == "onnx" else None,
             "unfinished_members": unfinished,
             "resumed_runs": [run for run in selected if by_run[run][1].get("resumed")],
             "model_spacing_zyx_A": [meta.get("spacing_zyx_A") for meta in predictor.metas],

@@ -26,9 +26,12 @@ from czii.data.normalize import InputPlan, load_run_input, plan_input
 from czii.errors import ConfigError
 from czii.geometry import same_spacing
 from czii.inference.ensemble import EnsembleMember, check_compatible, predict_volume
+from czii.inference.onnx_members import load_onnx_member
 from czii.models import load_checkpoint, read_checkpoint
 from czii.postprocess.peaks import detect_peaks
 from czii.predictor import PredictorSpec, spec_from_config
+
+RUNTIMES = ("torch", "onnx")
 
 
 def ensemble_member(model: torch.nn.Module, meta: dict[str, Any], *, weight: float = 1.0,
@@ -71,14 +74,21 @@ class Predictor:
     members: list[EnsembleMember]
     metas: list[dict[str, Any]]
     device: torch.device
+    runtime: str = "torch"
 
     @classmethod
-    def load(cls, spec: PredictorSpec, device: str | torch.device = "cpu") -> Predictor:
-        """Load every member checkpoint; ConfigError when one disagrees with the spec (classes, input)."""
+    def load(cls, spec: PredictorSpec, device: str | torch.device = "cpu", runtime: str = "torch") -> Predictor:
+        """Load every member checkpoint (``runtime`` ``onnx``: its ONNX export, :mod:`czii.inference.onnx_members`);
+        ConfigError when one disagrees with the spec (classes, input)."""
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r}; runtimes: {', '.join(RUNTIMES)}")
         device = torch.device(device)
         members, metas = [], []
         for m in spec.members:
-            model, meta = load_checkpoint(m.checkpoint, device)
+            if runtime == "onnx":
+                model, meta = load_onnx_member(m.checkpoint, device)
+            else:
+                model, meta = load_checkpoint(m.checkpoint, device)
             members.append(ensemble_member(model, meta, weight=m.weight, name=m.checkpoint))
             metas.append(meta)
             found = {
@@ -92,7 +102,7 @@ class Predictor:
                 if found[key] != value:
                     raise ConfigError(f"member {m.checkpoint} was trained with {key} {found[key]}, the predictor "
                                       f"spec says {value}; every member must be trained on the spec's input")
-        return cls.from_members(spec, members, device, metas)
+        return dataclasses.replace(cls.from_members(spec, members, device, metas), runtime=runtime)
 
     @classmethod
     def from_members(cls, spec: PredictorSpec, members: Sequence[EnsembleMember], device: str | torch.device,
@@ -132,9 +142,10 @@ class Predictor:
     def probabilities(self, volume_czyx: np.ndarray, progress: bool = False) -> np.ndarray:
         """Ensemble × TTA probabilities ``[C, Z, Y, X]`` with the spec's tiling."""
         t = self.spec.tiling
+        # channels_last_3d speeds up torch's CPU convolutions; onnxruntime takes plain NCDHW
         return predict_volume(self.members, volume_czyx, tile_zyx=tuple(t.tile_zyx), overlap=t.overlap, blend=t.blend,
                               batch_size=t.batch_size, tta=tuple(self.spec.tta), device=self.device,
-                              progress=progress)
+                              channels_last=self.runtime == "torch", progress=progress)
 
     def picks(self, probs_czyx: np.ndarray, spacing_zyx_A, run: str,
               thresholds: float | Mapping[str, float]) -> pd.DataFrame:
