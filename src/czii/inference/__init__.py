@@ -6,31 +6,26 @@ A :class:`czii.predictor.PredictorSpec` comes to life as :class:`Predictor`
 (:mod:`czii.inference.predictor`). End to end (spec + dataset → submission CSV + manifest, one
 process or torchrun): :func:`run_inference` in :mod:`czii.inference.pipeline`, runs dealt over
 ranks by :mod:`czii.inference.sharding`.
+
+The names below are loaded on first use, so that the prediction core runs without the data layer (copick)
+installed: the GPU check (benchmarks/gpu/) carries only what it imports.
 """
 
-from czii.inference.ensemble import EnsembleMember, check_compatible, predict_volume
-from czii.inference.pipeline import InferenceResult, manifest_path, resolve_predictor, run_inference
-from czii.inference.predictor import Predictor, checkpoints_spec
-from czii.inference.sharding import gather_outcomes, shard_runs
-from czii.inference.tiling import TilePlan, blend_window, plan_tiles, sliding_window
-from czii.inference.tta import apply_tta, invert_tta
+from __future__ import annotations
 
-__all__ = [
-    "EnsembleMember",
-    "InferenceResult",
-    "Predictor",
-    "TilePlan",
-    "apply_tta",
-    "blend_window",
-    "check_compatible",
-    "checkpoints_spec",
-    "gather_outcomes",
-    "invert_tta",
-    "manifest_path",
-    "plan_tiles",
-    "predict_volume",
-    "resolve_predictor",
-    "run_inference",
-    "shard_runs",
-    "sliding_window",
-]
+import importlib
+
+_HOMES = {
+    "EnsembleMember": "ensemble", "check_compatible": "ensemble", "predict_volume": "ensemble",
+    "InferenceResult": "pipeline", "manifest_path": "pipeline", "resolve_predictor": "pipeline",
+    "run_inference": "pipeline", "Predictor": "predictor", "checkpoints_spec": "predictor",
+    "gather_outcomes": "sharding", "shard_runs": "sharding", "TilePlan": "tiling", "blend_window": "tiling",
+    "plan_tiles": "tiling", "sliding_window": "tiling", "apply_tta": "tta", "invert_tta": "tta",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"czii.inference.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'czii.inference' has no attribute {name!r}")

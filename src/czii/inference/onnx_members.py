@@ -61,7 +61,9 @@ def sidecar_path(onnx_file: str | Path) -> Path:
     return onnx_file.with_name(onnx_file.name + ".json")
 
 
-def _session(path: Path, device: torch.device):
+def onnx_session(path: Path, device: torch.device):
+    """An onnxruntime session of ``path`` on ``device``'s providers (module docstring); DataError naming a file it
+    cannot load."""
     import onnxruntime as ort
 
     wanted = ["CPUExecutionProvider"]
@@ -125,7 +127,7 @@ def export_onnx(checkpoint: str | Path, *, overwrite: bool = False) -> tuple[Pat
                           external_data=False, verbose=False)
         reference = model(x).float().numpy()
         # the check runs at another batch than the trace, so a graph that froze the traced size fails here
-        got = OnnxModel(_session(Path(tmp), torch.device("cpu")))(x).numpy()
+        got = OnnxModel(onnx_session(Path(tmp), torch.device("cpu")))(x).numpy()
         diff = float(np.abs(got - reference).max()) if got.shape == reference.shape else float("inf")
         if not diff <= MAX_LOGIT_DIFF:
             raise ConfigError(f"{checkpoint}: onnxruntime's logits differ from torch's by {diff:.3g} (shapes "
@@ -174,4 +176,4 @@ def load_onnx_member(checkpoint: str | Path, device: str | torch.device) -> tupl
     if actual != record.checkpoint_sha256:
         raise ConfigError(f"{out} was exported from another version of {checkpoint} (sha256 "
                           f"{record.checkpoint_sha256[:12]}, now {actual[:12]}): export it again")
-    return OnnxModel(_session(out, torch.device(device))), checkpoint_meta(read_checkpoint(checkpoint))
+    return OnnxModel(onnx_session(out, torch.device(device))), checkpoint_meta(read_checkpoint(checkpoint))
