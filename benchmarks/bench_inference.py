@@ -18,7 +18,9 @@ Examples: python benchmarks/bench_inference.py --config configs/cpu_tiny.yaml
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import tempfile
 import platform
 import resource
 import time
@@ -34,7 +36,8 @@ from czii.geometry import CZII_SHAPE_ZYX
 from czii.io import atomic_write_text
 from czii.inference import EnsembleMember, plan_tiles, predict_volume
 from czii.registry import resolve_tta
-from czii.models import build_model, stride
+from czii.inference.onnx_members import OnnxModel, export_onnx, onnx_path, onnx_session
+from czii.models import build_model, save_checkpoint, stride
 from czii.particles import PARTICLE_NAMES
 
 # dense bf16/fp16 tensor-core peak, TFLOP/s, matched against torch.cuda.get_device_name()
@@ -67,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tta", default=None, help="TTA preset or comma-separated names for the ensemble run "
                    "(default: the config's infer.tta, else flips)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--runtime", choices=("torch", "compiled", "onnx"), default="torch",
+                   help="members as torch modules, torch.compile'd ones, or ONNX exports run by onnxruntime")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak used for the FLOP floor")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -92,13 +97,25 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_members(args: argparse.Namespace, n: int) -> list[EnsembleMember]:
-    cfg = args.model_cfg
+def build_members(model_cfg: ModelConfig, n: int, runtime: str = "torch", folder: Path | None = None,
+                  device: torch.device = torch.device("cpu")) -> list[EnsembleMember]:
+    """``n`` random-weight members of ``model_cfg``: torch modules (``torch``), compiled ones (``compiled``) or
+    their ONNX exports run by onnxruntime (``onnx``: checkpoints and exports are written to ``folder``)."""
     members = []
     for seed in range(n):
         torch.manual_seed(seed)
-        members.append(EnsembleMember(build_model(cfg, 1, len(PARTICLE_NAMES)), PARTICLE_NAMES, ("denoised",),
-                                      "sigmoid", stride=stride(cfg), name=f"{args.encoder}-seed{seed}"))
+        model = build_model(model_cfg, 1, len(PARTICLE_NAMES))
+        if runtime == "onnx":
+            ckpt = folder / f"member{seed}.pt"
+            save_checkpoint(ckpt, {"model_config": dataclasses.asdict(model_cfg), "classes": list(PARTICLE_NAMES),
+                                   "input_channels": ["denoised"], "activation": "sigmoid",
+                                   "state_dict": model.state_dict()})
+            export_onnx(ckpt, overwrite=True)
+            model = OnnxModel(onnx_session(onnx_path(ckpt), device))
+        elif runtime == "compiled":
+            model = torch.compile(model.to(device).eval())
+        members.append(EnsembleMember(model, PARTICLE_NAMES, ("denoised",), "sigmoid", stride=stride(model_cfg),
+                                      name=f"{model_cfg.encoder_name}-{runtime}-seed{seed}"))
     return members
 
 
@@ -133,7 +150,8 @@ def timed_run(members, volume, device, tta, args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     predict_volume(members, volume, tile_zyx=tuple(args.tile), overlap=args.overlap, blend=args.blend,
-                   batch_size=args.batch_size, tta=tta, device=device, amp=AMP[args.amp], progress=True)
+                   batch_size=args.batch_size, tta=tta, device=device, amp=AMP[args.amp],
+                   channels_last=args.runtime != "onnx", progress=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -149,7 +167,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     tta = resolve_tta(args.tta if "," not in args.tta else args.tta.split(","))
-    members = build_members(args, max(args.members, 1))
+    folder = tempfile.TemporaryDirectory()
+    members = build_members(args.model_cfg, max(args.members, 1), args.runtime, Path(folder.name), device)
     volume = np.random.default_rng(0).normal(size=(1, *args.shape)).astype(np.float32)
     plan = plan_tiles(tuple(args.shape), tuple(args.tile), args.overlap, members[0].stride)
     flops = flops_per_pass(members[0].model, plan.tile_zyx, device)
@@ -176,7 +195,8 @@ def main() -> None:
         f"cpu {platform.processor() or platform.machine()} × {torch.get_num_threads()} threads")
     record = {
         "date_utc": stamp, "device": device_name, "torch": torch.__version__, "shape_zyx": args.shape,
-        "encoder": args.encoder, "depth": args.depth, "tile_zyx": list(plan.tile_zyx), "overlap": args.overlap,
+        "encoder": args.encoder, "depth": args.depth, "runtime": args.runtime, "tile_zyx": list(plan.tile_zyx),
+        "overlap": args.overlap,
         "batch_size": args.batch_size, "blend": args.blend, "amp": args.amp, "members": args.members,
         "tta": list(tta), "tiles": plan.n_tiles, "flops_per_pass": flops, "peak_flops": peak_flops,
         "peak_source": peak_source, "baseline_rss_MB": baseline_rss_MB, "single": single, "ensemble": ensemble,
@@ -187,7 +207,8 @@ def main() -> None:
     md_path = args.out_dir / "inference.md"
     ens = ensemble or {"seconds": float("nan"), "peak_MB": float("nan"), "ratio_to_floor": float("nan")}
     row = (
-        f"| {stamp} | {device_name} | {'×'.join(map(str, args.shape))} | {args.encoder} d{args.depth} "
+        f"| {stamp} | {device_name} | {'×'.join(map(str, args.shape))} | {args.encoder} d{args.depth}"
+        f"{'' if args.runtime == 'torch' else f' ({args.runtime})'} "
         f"| {'×'.join(map(str, plan.tile_zyx))} / {args.overlap} / {args.batch_size} | {args.amp} "
         f"| {args.members} × {len(tta)} | {single['seconds']:.1f} | {ens['seconds']:.1f} "
         f"| {single['voxels_per_s'] / 1e6:.2f} | {single['peak_MB']:.0f} / {ens['peak_MB']:.0f} "

@@ -25,7 +25,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MESSAGE_LINE = re.compile(r"raise |Error\(|print\(|file=sys\.stderr|tqdm\(|bar\.update|progress")
+MESSAGE_LINE = re.compile(r"raise |Error\(|\) from None$|print\(|file=sys\.stderr|tqdm\(|bar\.update|progress")
 
 
 def _tokens(line: str) -> list[str] | None:

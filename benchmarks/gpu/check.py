@@ -9,7 +9,7 @@ Steps, each skipped (and said so) when less than its share of ``--budget-s`` is 
 2. training steps/s of ``configs/resnet34.yaml``'s network (its patch and batch size, bf16 autocast, AdamW,
    the config's loss) on random patches, with peak memory and the ratio to the floor of 3 × forward FLOPs;
 3. seconds per full 184×630×630 tomogram at the config's level and tiling for 1 model and for 4 models × 8-way
-   TTA: torch eager, torch.compile, and onnxruntime (TensorRT, else CUDA provider) from the model's own ONNX
+   TTA: torch (eager), torch.compile, and onnxruntime (TensorRT, else CUDA provider) from the model's own ONNX
    export; peak GPU memory (torch's allocator; onnxruntime's own arena is not seen by it) and the ratio of each
    time to the bf16 FLOP floor (FLOPs counted on one tile × tiles × members × TTA ÷ the device's dense peak).
 
@@ -20,7 +20,6 @@ is imported (no copick), so the device needs just the wheels benchmarks/gpu/whee
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
@@ -34,21 +33,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_inference import device_peak, flops_per_pass, timed_run  # noqa: E402
+from bench_inference import build_members, device_peak, flops_per_pass, timed_run  # noqa: E402
 
-from czii.config import config_to_dict, load_config  # noqa: E402
+from czii.config import load_config  # noqa: E402
 from czii.geometry import CZII_SHAPE_ZYX  # noqa: E402
-from czii.inference import EnsembleMember, plan_tiles  # noqa: E402
-from czii.inference.onnx_members import OnnxModel, export_onnx, onnx_path, onnx_session  # noqa: E402
+from czii.inference import plan_tiles  # noqa: E402
 from czii.io import atomic_write_text  # noqa: E402
-from czii.models import build_model, save_checkpoint, stride  # noqa: E402
+from czii.models import build_model, stride  # noqa: E402
 from czii.particles import PARTICLE_NAMES  # noqa: E402
 from czii.registry import resolve_tta  # noqa: E402
 from czii.training.losses import HeatmapLoss  # noqa: E402
 
 D4_XY = resolve_tta("full16")[:8]  # the y–x plane's 4 quarter turns and 4 flips, the 8-way TTA of the field
 # share of the budget each step needs before it starts (training, then the inference variants in order)
-STEP_SHARE = {"train": 0.15, "eager": 0.15, "compiled": 0.30, "onnx": 0.25}
+STEP_SHARE = {"train": 0.15, "torch": 0.15, "compiled": 0.30, "onnx": 0.25}
 
 
 def parse_args() -> argparse.Namespace:
@@ -134,33 +132,14 @@ def train_speed(config, device: torch.device, steps: int, peak_flops: float) -> 
             "peak_MB": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
 
 
-def members(config, n: int, folder: Path, runtime: str, device: torch.device) -> list[EnsembleMember]:
-    """``n`` random-weight members of the config's network: torch modules, compiled ones, or their ONNX exports."""
-    out = []
-    for seed in range(n):
-        torch.manual_seed(seed)
-        model = build_model(config.model, 1, len(PARTICLE_NAMES))
-        if runtime == "onnx":
-            ckpt = folder / f"member{seed}.pt"
-            save_checkpoint(ckpt, {"model_config": dataclasses.asdict(config.model), "classes": list(PARTICLE_NAMES),
-                                   "input_channels": ["denoised"], "activation": "sigmoid",
-                                   "state_dict": model.state_dict(), "config": config_to_dict(config)})
-            export_onnx(ckpt, overwrite=True)
-            model = OnnxModel(onnx_session(onnx_path(ckpt), device))
-        elif runtime == "compiled":
-            model = torch.compile(model.to(device).eval())
-        out.append(EnsembleMember(model, PARTICLE_NAMES, ("denoised",), "sigmoid", stride=stride(config.model),
-                                  name=f"{runtime}-{seed}"))
-    return out
-
-
 def infer_speed(config, args, device, runtime, peak_flops, volume, folder) -> dict:
     tta = args.tta
     plan = plan_tiles(volume.shape[1:], tuple(config.infer.tile_zyx), config.infer.overlap,
                       stride(config.model))
     knobs = argparse.Namespace(tile=config.infer.tile_zyx, overlap=config.infer.overlap, blend=config.infer.blend,
-                               batch_size=config.infer.batch_size, amp="auto" if runtime != "onnx" else "off")
-    ensemble = members(config, args.members, folder, runtime, device)
+                               batch_size=config.infer.batch_size, amp="auto" if runtime != "onnx" else "off",
+                               runtime=runtime)
+    ensemble = build_members(config.model, args.members, runtime, folder, device)
     flops = flops_per_pass(build_model(config.model, 1, len(PARTICLE_NAMES)), plan.tile_zyx, device)
     rows = {}
     for label, chosen, names in (("1 model", ensemble[:1], ("identity",)),
@@ -219,7 +198,7 @@ def main() -> None:
     if clock.allows("train"):
         record["train"] = train_speed(config, device, args.train_steps, peak_flops)
     volume = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
-    runtimes = ["eager", "compiled", "onnx"] if not args.dry_run else ["eager", "onnx"]
+    runtimes = ["torch", "compiled", "onnx"] if not args.dry_run else ["torch", "onnx"]
     with tempfile.TemporaryDirectory() as folder:
         for runtime in runtimes:
             if runtime == "onnx" and not record["machine"]["onnxruntime"]:

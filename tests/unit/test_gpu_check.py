@@ -17,14 +17,14 @@ def test_the_dry_run_measures_every_step_and_writes_its_report(tmp_path):
     record = json.loads((tmp_path / "gpu_cpu.json").read_text())
     assert record["dry_run"] and record["skipped"] == []
     assert record["train"]["steps_per_s"] > 0 and record["train"]["ratio_to_floor"] >= 1
-    assert set(record["infer"]) == {"eager", "onnx"}
+    assert set(record["infer"]) == {"torch", "onnx"}
     for runtime in record["infer"].values():
         assert list(runtime["runs"]) == ["1 model", "2 models × 4 TTA"]
         single, ensemble = runtime["runs"].values()
         assert ensemble["passes"] == 8 * single["passes"] and single["passes"] == runtime["tiles"]
         assert all(run["seconds"] > 0 and run["ratio_to_floor"] >= 1 for run in (single, ensemble))
     report = (tmp_path / "gpu_cpu.md").read_text()
-    assert "DRY RUN" in report and report.count("| onnx |") == 2 and report.count("| eager |") == 2
+    assert "DRY RUN" in report and report.count("| onnx |") == 2 and report.count("| torch |") == 2
 
 
 def test_a_budget_too_small_skips_the_steps_and_says_so(tmp_path):
@@ -33,7 +33,7 @@ def test_a_budget_too_small_skips_the_steps_and_says_so(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / "gpu_cpu.json").read_text())
     assert "train" not in record and record["infer"] == {}
-    assert [s.split()[0] for s in record["skipped"]] == ["train", "eager", "onnx"]
+    assert [s.split()[0] for s in record["skipped"]] == ["train", "torch", "onnx"]
     assert "Skipped for time: train" in (tmp_path / "gpu_cpu.md").read_text()
 
 
