@@ -171,7 +171,8 @@ def main() -> None:
     members = build_members(args.model_cfg, max(args.members, 1), args.runtime, Path(folder.name), device)
     volume = np.random.default_rng(0).normal(size=(1, *args.shape)).astype(np.float32)
     plan = plan_tiles(tuple(args.shape), tuple(args.tile), args.overlap, members[0].stride)
-    flops = flops_per_pass(members[0].model, plan.tile_zyx, device)
+    # counted on a torch module of the same network: onnxruntime's and compiled graphs hide their ops from torch
+    flops = flops_per_pass(build_model(args.model_cfg, 1, len(PARTICLE_NAMES)), plan.tile_zyx, device)
     peak_flops, peak_source = device_peak(args, device)
     tz, ty, tx = plan.tile_zyx
     warm_up = np.zeros((1, tz, ty, tx * args.batch_size), np.float32)  # exactly one full batch of tiles

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                         help="run the members with torch (default) or their ONNX exports through onnxruntime "
                              "(`czii export-model --format onnx` first; CPU, CUDA or TensorRT providers)")
+    parser.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
+                        help="read the next run and find the previous run's peaks in background threads while the "
+                             "model predicts (auto: on CUDA only; the same picks either way)")
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV, its manifest and score sidecar")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         copick_session=args.copick_session, tile_zyx=args.tile, batch_size=args.batch_size,
         allow_spec_mismatch=args.allow_spec_mismatch, overwrite=args.overwrite, nan_policy=args.nan_policy,
         allow_unfinished=args.allow_unfinished, voxel_size_A=args.voxel_size, force=args.force,
-        runtime=args.runtime,
+        runtime=args.runtime, prefetch={"auto": None, "on": True, "off": False}[args.prefetch],
     )
     if launched_rank() == 0:
         m = result.manifest

@@ -208,6 +208,7 @@ def run_inference(
     voxel_size_A: float | None = None,
     force: bool = False,
     runtime: str = "torch",
+    prefetch: bool | None = None,
 ) -> InferenceResult:
     """Predict ``runs`` (default: all) of ``data`` with ``models`` and write ``out_csv`` + manifest.
 
@@ -221,7 +222,9 @@ def run_inference(
     manifest) is refused unless ``overwrite``; an unwritable one before anything is read. Rank 0 holds
     ``<out_csv>.lock`` throughout (:mod:`czii.locks`; ``force`` takes over a stale one), so two inferences
     never share an output or its work folder. ``runtime`` ``onnx`` runs every member's ONNX export through
-    onnxruntime (:mod:`czii.inference.onnx_members`). See the module docstring.
+    onnxruntime (:mod:`czii.inference.onnx_members`). ``prefetch`` (default: on CUDA) reads the next run and finds
+    the previous run's peaks in background threads while the model predicts (:meth:`Predictor.predict_runs`);
+    the picks are the same either way. See the module docstring.
     """
     started = time.perf_counter()
     out_csv = check_output(out_csv, "output", overwrite=overwrite)
@@ -269,20 +272,20 @@ def run_inference(
             print(f"resuming: {len(waiting)} of {len(selected)} runs already predicted in {store.folder}",
                   file=sys.stderr)
 
-        def predict_run(run: str) -> tuple[pd.DataFrame, dict]:
-            identity = input_identity([dataset.tomogram_path(run, t) for t in spec.input.channels])
-            stored = store.load(run, identity)
-            if stored is not None:
-                return stored
-            picks, info = predictor.predict_run(dataset, run, thr, progress)
-            store.save(run, picks, info, identity)
-            return picks, info
-
         def predict_shard() -> dict[str, tuple[pd.DataFrame, dict]]:
             mine = shard_runs(selected, ctx.rank, ctx.world_size)
+            identity = {run: input_identity([dataset.tomogram_path(run, t) for t in spec.input.channels])
+                        for run in mine}
+            done = {run: stored for run in mine if (stored := store.load(run, identity[run])) is not None}
             desc = "runs" if not ctx.enabled else f"runs (rank {ctx.rank})"
-            bar = tqdm(mine, desc=desc, unit="run", disable=None if progress else True)
-            return {run: predict_run(run) for run in bar}
+            with tqdm(total=len(mine), initial=len(done), desc=desc, unit="run",
+                      disable=None if progress else True) as bar:
+                todo = [run for run in mine if run not in done]
+                for run, picks, info in predictor.predict_runs(dataset, todo, thr, progress, overlap=prefetch):
+                    store.save(run, picks, info, identity[run])
+                    done[run] = (picks, info)
+                    bar.update()
+            return {run: done[run] for run in mine}
 
         by_run = {run: out for shard in gather_outcomes(predict_shard, ctx) for run, out in shard.items()}
         for run in selected if ctx.is_main else ():

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -158,19 +159,76 @@ class Predictor:
     def predict_run(self, dataset: Dataset | TomogramFolder, run: str, thresholds: float | Mapping[str, float],
                     progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Scored picks of one run and its facts (shape, spacing, seconds per stage, number of picks)."""
+        plan, volume_czyx, spacing_zyx_A, load_s = self._load(dataset, run)
+        t0 = time.perf_counter()
+        probs = self.probabilities(volume_czyx, progress)
+        predict_s = time.perf_counter() - t0
+        picks, peaks_s = self._peaks(run, probs, spacing_zyx_A, thresholds)
+        return picks, _run_info(volume_czyx, spacing_zyx_A, plan, (load_s, predict_s, peaks_s), picks)
+
+    def predict_runs(self, dataset: Dataset | TomogramFolder, runs: Sequence[str],
+                     thresholds: float | Mapping[str, float], progress: bool = False,
+                     overlap: bool | None = None) -> Iterator[tuple[str, pd.DataFrame, dict[str, Any]]]:
+        """:meth:`predict_run` of each of ``runs``, yielded in order. With ``overlap`` (default: on CUDA) the next
+        run's input is read and normalised, and the previous run's peaks are found, in two background threads
+        while the model predicts, so the device does not wait for the disk or for the CPU; at most one input
+        ahead and one run's probabilities behind are held. On CPU the threads would share the cores the model
+        uses and hold twice the memory, so it is off there. Errors are raised here, in the caller's thread, and
+        the work still queued is dropped."""
+        if not (self.device.type == "cuda" if overlap is None else overlap):
+            for run in runs:
+                yield (run, *self.predict_run(dataset, run, thresholds, progress))
+            return
+        runs = list(runs)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="czii-prefetch")
+        try:
+            loading = pool.submit(self._load, dataset, runs[0]) if runs else None
+            behind = None  # (run, facts, future of its peaks)
+            for i, run in enumerate(runs):
+                try:
+                    plan, volume_czyx, spacing_zyx_A, load_s = loading.result()
+                except BaseException:
+                    if behind is not None:  # the run before is finished: hand it over (and stored) first
+                        yield _finished(*behind)
+                    raise
+                loading = pool.submit(self._load, dataset, runs[i + 1]) if i + 1 < len(runs) else None
+                t0 = time.perf_counter()
+                probs = self.probabilities(volume_czyx, progress)
+                predict_s = time.perf_counter() - t0
+                if behind is not None:
+                    yield _finished(*behind)
+                behind = (run, (volume_czyx, spacing_zyx_A, plan, load_s, predict_s),
+                          pool.submit(self._peaks, run, probs, spacing_zyx_A, thresholds))
+                del probs
+            if behind is not None:
+                yield _finished(*behind)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _load(self, dataset: Dataset | TomogramFolder, run: str):
         t0 = time.perf_counter()
         plan = self.plan(dataset, run)
         volume_czyx, spacing_zyx_A = self.load_input(dataset, run, plan)
-        t1 = time.perf_counter()
-        probs = self.probabilities(volume_czyx, progress)
-        t2 = time.perf_counter()
-        picks = self.picks(probs, spacing_zyx_A, run, thresholds)
-        t3 = time.perf_counter()
-        info = {
-            "shape_zyx": [int(s) for s in volume_czyx.shape[1:]],
-            "spacing_zyx_A": [float(s) for s in spacing_zyx_A],
-            "input": plan.to_dict(),
-            "seconds": {"load": t1 - t0, "predict": t2 - t1, "peaks": t3 - t2},
-            "n_picks": len(picks),
-        }
-        return picks, info
+        return plan, volume_czyx, spacing_zyx_A, time.perf_counter() - t0
+
+    def _peaks(self, run: str, probs_czyx: np.ndarray, spacing_zyx_A, thresholds) -> tuple[pd.DataFrame, float]:
+        t0 = time.perf_counter()
+        picks = self.picks(probs_czyx, spacing_zyx_A, run, thresholds)
+        return picks, time.perf_counter() - t0
+
+
+def _run_info(volume_czyx: np.ndarray, spacing_zyx_A, plan: InputPlan, seconds: tuple[float, float, float],
+              picks: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "shape_zyx": [int(s) for s in volume_czyx.shape[1:]],
+        "spacing_zyx_A": [float(s) for s in spacing_zyx_A],
+        "input": plan.to_dict(),
+        "seconds": dict(zip(("load", "predict", "peaks"), seconds)),
+        "n_picks": len(picks),
+    }
+
+
+def _finished(run: str, facts: tuple, peaks) -> tuple[str, pd.DataFrame, dict[str, Any]]:
+    volume_czyx, spacing_zyx_A, plan, load_s, predict_s = facts
+    picks, peaks_s = peaks.result()
+    return run, picks, _run_info(volume_czyx, spacing_zyx_A, plan, (load_s, predict_s, peaks_s), picks)
