@@ -1,5 +1,5 @@
-"""``czii export-model --format onnx`` and ``czii infer --runtime onnx`` against torch on the tiny simulated data,
-with real (random-weight) 3D U-Nets run by onnxruntime's CPU execution provider.
+"""``czii export-model --format onnx`` and ``czii infer --runtime onnx`` (and ``compiled``) against torch on the
+tiny simulated data, with real (random-weight) 3D U-Nets run by onnxruntime's CPU execution provider.
 
 Tolerances, stated here and in docs/ARCHITECTURE.md: onnxruntime's probabilities agree with torch's within 1e-5
 on every voxel; the picks are the same (class, order), coordinates within 1e-3 Å, scores within 1e-5.
@@ -100,3 +100,14 @@ def test_a_stale_or_missing_export_is_refused_before_any_prediction(tmp_path, ti
     sidecar_path(onnx_path(ckpt)).write_text(json.dumps({"schema_version": 9}))
     assert main(args) == 2
     assert "schema_version 9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_members_give_the_probabilities_of_eager_ones(exported, tiny_sim):
+    """torch.compile (inductor, a C++ compiler on CPU) fuses the same float32 arithmetic: within 1e-5."""
+    spec, _, _ = resolve_predictor(exported)
+    dataset = open_dataset(tiny_sim.kaggle_dir, split="test")
+    (run,) = dataset.runs()
+    eager, compiled = Predictor.load(spec, "cpu"), Predictor.load(spec, "cpu", runtime="compiled")
+    volume, _ = eager.load_input(dataset, run)
+    assert np.abs(compiled.probabilities(volume) - eager.probabilities(volume)).max() <= 1e-5

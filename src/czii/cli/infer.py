@@ -45,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="non-finite voxels: stop (error) or replace them by the finite mean (repair); "
                              "default: the spec's data.nan_policy")
     add_device_argument(parser)
-    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                        help="run the members with torch (default) or their ONNX exports through onnxruntime "
-                             "(`czii export-model --format onnx` first; CPU, CUDA or TensorRT providers)")
+    parser.add_argument("--runtime", choices=("torch", "compiled", "onnx"), default="torch",
+                        help="run the members with torch (default), through torch.compile (compiling takes a "
+                             "while; pays off over many tomograms on a GPU), or their ONNX exports through "
+                             "onnxruntime (`czii export-model --format onnx` first; CPU, CUDA or TensorRT providers)")
     parser.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
                         help="read the next run and find the previous run's peaks in background threads while the "
                              "model predicts (auto: on CUDA only; the same picks either way)")

@@ -222,7 +222,7 @@ def run_inference(
     manifest) is refused unless ``overwrite``; an unwritable one before anything is read. Rank 0 holds
     ``<out_csv>.lock`` throughout (:mod:`czii.locks`; ``force`` takes over a stale one), so two inferences
     never share an output or its work folder. ``runtime`` ``onnx`` runs every member's ONNX export through
-    onnxruntime (:mod:`czii.inference.onnx_members`). ``prefetch`` (default: on CUDA) reads the next run and finds
+    onnxruntime (:mod:`czii.inference.onnx_members`), ``compiled`` runs the members through ``torch.compile``. ``prefetch`` (default: on CUDA) reads the next run and finds
     the previous run's peaks in background threads while the model predicts (:meth:`Predictor.predict_runs`);
     the picks are the same either way. See the module docstring.
     """

@@ -32,7 +32,7 @@ from czii.models import load_checkpoint, read_checkpoint
 from czii.postprocess.peaks import detect_peaks
 from czii.predictor import PredictorSpec, spec_from_config
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "compiled", "onnx")
 
 
 def ensemble_member(model: torch.nn.Module, meta: dict[str, Any], *, weight: float = 1.0,
@@ -79,7 +79,8 @@ class Predictor:
 
     @classmethod
     def load(cls, spec: PredictorSpec, device: str | torch.device = "cpu", runtime: str = "torch") -> Predictor:
-        """Load every member checkpoint (``runtime`` ``onnx``: its ONNX export, :mod:`czii.inference.onnx_members`);
+        """Load every member checkpoint (``runtime`` ``compiled``: through ``torch.compile``; ``onnx``: its ONNX export
+        run by onnxruntime, :mod:`czii.inference.onnx_members`);
         ConfigError when one disagrees with the spec (classes, input)."""
         if runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {runtime!r}; runtimes: {', '.join(RUNTIMES)}")
@@ -90,6 +91,8 @@ class Predictor:
                 model, meta = load_onnx_member(m.checkpoint, device)
             else:
                 model, meta = load_checkpoint(m.checkpoint, device)
+                if runtime == "compiled":  # compiled on the first tile batch of each shape
+                    model = torch.compile(model)
             members.append(ensemble_member(model, meta, weight=m.weight, name=m.checkpoint))
             metas.append(meta)
             found = {
@@ -146,7 +149,7 @@ class Predictor:
         # channels_last_3d speeds up torch's CPU convolutions; onnxruntime takes plain NCDHW
         return predict_volume(self.members, volume_czyx, tile_zyx=tuple(t.tile_zyx), overlap=t.overlap, blend=t.blend,
                               batch_size=t.batch_size, tta=tuple(self.spec.tta), device=self.device,
-                              channels_last=self.runtime == "torch", progress=progress)
+                              channels_last=self.runtime != "onnx", progress=progress)
 
     def picks(self, probs_czyx: np.ndarray, spacing_zyx_A, run: str,
               thresholds: float | Mapping[str, float]) -> pd.DataFrame:
