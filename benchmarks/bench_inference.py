@@ -11,7 +11,7 @@ Writes ``<out-dir>/inference_<UTC time>.json`` and appends a row to ``<out-dir>/
 With ``--config`` the model, tile, overlap, batch size, TTA and pyramid level come from that
 experiment config, and the volume is a full 184×630×630 tomogram at the config's level.
 
-Examples: python benchmarks/bench_inference.py --config configs/cpu_tiny.yaml
+Examples: python benchmarks/bench_inference.py --config configs/cpu_tiny.yaml [--set model.output_stride=2]
           python benchmarks/bench_inference.py --device cpu --shape 184 630 630 --encoder resnet18
 """
 
@@ -54,6 +54,8 @@ MD_HEADER = (
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, help="take model, tiling, TTA and level from this experiment config")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides, as for czii train (e.g. model.output_stride=2)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="volume shape (default: a full 184×630×630 tomogram at the config's level)")
@@ -78,7 +80,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     level = 0
     if args.config:
-        config = load_config(args.config)
+        config = load_config(args.config, args.set)
         args.model_cfg = config.model
         args.tile = args.tile or config.infer.tile_zyx
         args.batch_size = args.batch_size or config.infer.batch_size
@@ -196,7 +198,8 @@ def main() -> None:
         f"cpu {platform.processor() or platform.machine()} × {torch.get_num_threads()} threads")
     record = {
         "date_utc": stamp, "device": device_name, "torch": torch.__version__, "shape_zyx": args.shape,
-        "encoder": args.encoder, "depth": args.depth, "runtime": args.runtime, "tile_zyx": list(plan.tile_zyx),
+        "encoder": args.encoder, "depth": args.depth, "runtime": args.runtime,
+        "output_stride": args.model_cfg.output_stride, "tile_zyx": list(plan.tile_zyx),
         "overlap": args.overlap,
         "batch_size": args.batch_size, "blend": args.blend, "amp": args.amp, "members": args.members,
         "tta": list(tta), "tiles": plan.n_tiles, "flops_per_pass": flops, "peak_flops": peak_flops,
@@ -209,6 +212,7 @@ def main() -> None:
     ens = ensemble or {"seconds": float("nan"), "peak_MB": float("nan"), "ratio_to_floor": float("nan")}
     row = (
         f"| {stamp} | {device_name} | {'×'.join(map(str, args.shape))} | {args.encoder} d{args.depth}"
+        f"{'' if args.model_cfg.output_stride == 1 else f' os{args.model_cfg.output_stride}'}"
         f"{'' if args.runtime == 'torch' else f' ({args.runtime})'} "
         f"| {'×'.join(map(str, plan.tile_zyx))} / {args.overlap} / {args.batch_size} | {args.amp} "
         f"| {args.members} × {len(tta)} | {single['seconds']:.1f} | {ens['seconds']:.1f} "
