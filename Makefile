@@ -28,7 +28,7 @@ OVERWRITE ?=
 OVERWRITE_ARG = $(if $(OVERWRITE),--overwrite,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all demo simulate train tune infer export score experiment leaderboard report ensemble kaggle bench bench-accuracy mutate clean
+.PHONY: help setup lint test test-all demo simulate train tune infer export score experiment leaderboard report ensemble kaggle bench bench-accuracy mutate clean
 
 help: ## list the targets and their knobs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,8 +43,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) ## create .venv and install the package with pinned dependencies
 
-test: $(STAMP) ## run the fast test suite (what CI runs; < 10 min on 2 cores)
+test: lint ## run the fast test suite after the linter (what CI runs; < 10 min on 2 cores)
 	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff over src, tests and benchmarks (pyflakes and pycodestyle, [tool.ruff] in pyproject.toml)
+	$(BIN)/ruff check src tests benchmarks
 
 test-all: $(STAMP) ## run every test, slow ones included (not gpu)
 	$(BIN)/pytest -m "not gpu"

@@ -178,8 +178,8 @@ def main() -> None:
         "| test set | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
         "| **weighted F4** | " + " | ".join(f"**{results[n]['f4']:.3f}**" for n in names) + " |",
-        "| weighted F4 at the default thresholds (0.2) | " + " | ".join(f"{results[n]['f4_default']:.3f}" for n in names)
-        + " |",
+        "| weighted F4 at the default thresholds (0.2) | "
+        + " | ".join(f"{results[n]['f4_default']:.3f}" for n in names) + " |",
         *[f"| {c} | " + " | ".join(f"{results[n]['classes'][c]['f_beta']:.3f}" for n in names) + " |"
           for c in classes],
         "| inference s | " + " | ".join(f"{results[n]['seconds']:.0f}" for n in names) + " |",

@@ -27,7 +27,8 @@ PROBES = {
     "czii --help": HELP.format(argv=["--help"]),
     **{f"czii {cmd} --help": HELP.format(argv=[cmd, "--help"]) for cmd in SUBCOMMANDS},
     "load_config": f"from czii.config import load_config\nload_config({str(CONFIG)!r})",
-    "load_config + spec_from_config": (f"from czii.config import load_config\nfrom czii.predictor import spec_from_config\n"
+    "load_config + spec_from_config": ("from czii.config import load_config\n"
+                                       "from czii.predictor import spec_from_config\n"
                                        f"spec_from_config(load_config({str(CONFIG)!r}), [('m.pt', 1.0)]).hash"),
 }
 

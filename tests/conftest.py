@@ -18,8 +18,8 @@ from czii.particles import PARTICLE_NAMES
 from czii.predictor import recipe, spec_from_config
 
 CPU_TINY = Path(__file__).resolve().parents[1] / "configs" / "cpu_tiny.yaml"
-TINY_CHECKPOINT_SETS = ["data.level=0", "model.encoder_depth=1", "model.decoder_channels=[8]", "infer.tile_zyx=[32,96,96]",
-                        "infer.tta=none"]
+TINY_CHECKPOINT_SETS = ["data.level=0", "model.encoder_depth=1", "model.decoder_channels=[8]",
+                        "infer.tile_zyx=[32,96,96]", "infer.tta=none"]
 
 
 @pytest.fixture(scope="session")

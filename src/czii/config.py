@@ -29,9 +29,9 @@ import yaml
 from czii.errors import ConfigError
 from czii.io import atomic_write_text
 from czii.particles import BY_NAME, PARTICLE_NAMES
+from czii.registry import BLEND_MODES, ENCODERS, PEAK_METHODS, network_stride, resolve_tta
 
 DEFAULT_VAL_THRESHOLD = 0.2  # per-epoch validation threshold of a class val.thresholds does not name
-from czii.registry import BLEND_MODES, ENCODERS, PEAK_METHODS, network_stride, resolve_tta
 
 
 @dataclass

@@ -562,8 +562,8 @@ def verify_dataset(folder: str | Path) -> dict[str, Any]:
         raise DataError(f"{folder}: no readable {MANIFEST_NAME} ({exc})") from None
     actual = _file_table(folder)
     if actual.keys() != manifest["files"].keys():
-        raise DataError(f"{folder}: files differ from the manifest: missing "
-                        f"{sorted(manifest['files'].keys() - actual.keys())}, extra {sorted(actual.keys() - manifest['files'].keys())}")
+        missing, extra = manifest["files"].keys() - actual.keys(), actual.keys() - manifest["files"].keys()
+        raise DataError(f"{folder}: files differ from the manifest: missing {sorted(missing)}, extra {sorted(extra)}")
     changed = sorted(name for name, facts in actual.items() if facts != manifest["files"][name])
     if changed:
         raise DataError(f"{folder}: files changed since the build (size or sha256): {changed}")

@@ -6,9 +6,9 @@ opened (:func:`particles_from_copick` → :func:`register`; radius from the obje
 metric weight from an optional ``metric_weight`` key, default 1) and the classes a checkpoint
 records. A name is defined once: registering it again with another radius or weight is a
 ConfigError naming both. :data:`PARTICLE_NAMES` stays the six CZII classes (the default
-``data.classes`` and the Kaggle metric's classes); :func:`known_names` lists every registered one. ``label`` is the copick label id (1..6, 0 is
-background), ``radius_A`` the particle radius in Ångström used by the metric
-(a truth point is found by a prediction within ``0.5 * radius_A``), ``weight``
+``data.classes`` and the Kaggle metric's classes); :func:`known_names` lists every registered one.
+``label`` is the copick label id (1..6, 0 is background), ``radius_A`` the particle radius in Ångström
+used by the metric (a truth point is found by a prediction within ``0.5 * radius_A``), ``weight``
 the metric weight (they sum to 7; beta-amylase counts 0) and ``pdb_id`` the
 structure the organisers used.
 """

@@ -268,7 +268,8 @@ def with_overrides(spec: PredictorSpec, *, tta: str | Sequence[str] | None = Non
         **({"batch_size": int(batch_size)} if batch_size is not None else {}),
     )
     inp = dataclasses.replace(spec.input, nan_policy=nan_policy) if nan_policy is not None else spec.input
-    new = dataclasses.replace(spec, input=inp, tiling=tiling, tta=list(resolve_tta(tta)) if tta is not None else spec.tta)
+    new = dataclasses.replace(spec, input=inp, tiling=tiling,
+                              tta=list(resolve_tta(tta)) if tta is not None else spec.tta)
     return check_spec(new, "overrides")
 
 

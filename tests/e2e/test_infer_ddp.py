@@ -66,7 +66,8 @@ def test_two_cpu_ranks_write_the_same_csv_as_one_process(tiny_sim, run_dir, tmp_
     assert manifest["world_size"] == 2 and single.manifest["world_size"] == 1
     assert manifest["data"]["runs"] == runs and sorted(manifest["timings"]) == runs
     assert manifest["picks_per_class"] == single.manifest["picks_per_class"]
-    assert sorted(p.name for p in ddp_out.parent.iterdir()) == ["sub.csv", "sub.csv.manifest.json", "sub.csv.scores.csv"]
+    assert sorted(p.name for p in ddp_out.parent.iterdir()) == [
+        "sub.csv", "sub.csv.manifest.json", "sub.csv.scores.csv"]
 
 
 @pytest.mark.slow

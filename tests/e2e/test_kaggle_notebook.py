@@ -229,7 +229,8 @@ def test_wheels_resolve_offline_given_only_the_provided_packages(built, tmp_path
     assert proc.returncode != 0 and "torch" in proc.stderr
 
 
-def _run_notebook(kernel_python: Path, tmp_path: Path, built: BuildResult, tiny_sim, monkeypatch) -> nbformat.NotebookNode:
+def _run_notebook(kernel_python: Path, tmp_path: Path, built: BuildResult, tiny_sim,
+                  monkeypatch) -> nbformat.NotebookNode:
     """Execute the committed notebook (in memory) in a kernel of ``kernel_python`` with the network blocked."""
     kernels = tmp_path / "jupyter" / "kernels" / "czii-kaggle-test"
     kernels.mkdir(parents=True)

@@ -71,7 +71,8 @@ def test_binned_mrc_is_resampled_and_picks_come_back_in_its_frame(model, tiny_si
     manifest = json.loads(manifest_path(out).read_text())
     facts = manifest["inputs"][RUN]
     assert facts["resampled"] and facts["factor"] == pytest.approx(voxel_A / 20.0249, rel=1e-3)
-    assert facts["frame_shape_zyx"] == list(volume.shape) and facts["frame_spacing_zyx_A"] == pytest.approx([voxel_A] * 3)
+    assert facts["frame_shape_zyx"] == list(volume.shape)
+    assert facts["frame_spacing_zyx_A"] == pytest.approx([voxel_A] * 3)
     picks = read_scored_submission(out)
     extent = (np.asarray(volume.shape[::-1]) - 0.5) * voxel_A
     assert len(picks) > 0 and (picks[["x", "y", "z"]].to_numpy() <= extent).all()
@@ -199,10 +200,12 @@ def _training_copy_with_one_tomogram_at_1348(tiny_sim, tmp_path: Path, tomo_type
     data = tmp_path / "kaggle"
     shutil.copytree(tiny_sim.kaggle_dir, data, symlinks=True)
     other = tiny_sim.train_runs[-1]
-    zattrs = data / "train" / "static" / "ExperimentRuns" / other / "VoxelSpacing10.000" / f"{tomo_type}.zarr" / ".zattrs"
+    zattrs = (data / "train" / "static" / "ExperimentRuns" / other / "VoxelSpacing10.000" / f"{tomo_type}.zarr"
+              / ".zattrs")
     doc = json.loads(zattrs.read_text())
     for level in doc["multiscales"][0]["datasets"]:
-        level["coordinateTransformations"][0]["scale"] = [1.348 * s for s in level["coordinateTransformations"][0]["scale"]]
+        scale = level["coordinateTransformations"][0]["scale"]
+        level["coordinateTransformations"][0]["scale"] = [1.348 * s for s in scale]
     zattrs.write_text(json.dumps(doc))
     chunks = [p for p in zattrs.parent.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert chunks
@@ -243,7 +246,8 @@ def test_binned_mrc_scores_like_the_native_tomograms(tmp_path):
     sim = simulate_dataset(tmp_path / "sim", SimConfig.preset("small", n_train=4, n_test=6, seed=21), progress=False)
     run_dir = tmp_path / "run"
     assert main(["train", "--out", str(run_dir), "--config", str(CPU_TINY), "--data", str(sim.copick_config),
-                 "--device", "cpu", "--set", "train.epochs=60", "train.max_minutes=4", 'data.folds=[["TS_sim_03"]]']) == 0
+                 "--device", "cpu", "--set", "train.epochs=60", "train.max_minutes=4",
+                 'data.folds=[["TS_sim_03"]]']) == 0
     solution = load_solution(sim.solution_csv)
     dataset = open_dataset(sim.kaggle_dir, split="test")
     native = tmp_path / "native.csv"

@@ -202,8 +202,8 @@ def test_a_wall_clock_budget_stops_cleanly_with_a_best_checkpoint_and_oof(tiny_s
 
 
 def test_deep_supervision_trains_its_coarse_heads_and_ships_a_plain_predictor(tiny_sim, tmp_path):
-    config = _config(tiny_sim, "model.deep_supervision=true", "loss.name=ce", "targets.kind=sphere", "augment.mixup_prob=1.0",
-                     "train.epochs=1", "train.steps_per_epoch=4")
+    config = _config(tiny_sim, "model.deep_supervision=true", "loss.name=ce", "targets.kind=sphere",
+                     "augment.mixup_prob=1.0", "train.epochs=1", "train.steps_per_epoch=4")
     torch.manual_seed(config.train.seed)
     initial = build_model(config.model, 1, output_channels(config.data.classes, "softmax")).state_dict()
     fold = train(config, fold=0, out_dir=tmp_path / "run", device="cpu")

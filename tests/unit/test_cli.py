@@ -14,8 +14,10 @@ def test_top_level_help_lists_every_subcommand_without_importing_them(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in SUBCOMMANDS)
-    probe = "import sys; from czii.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip().endswith("False")
+    probe = ("import sys; from czii.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+             "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip().endswith("False")
 
 
 @pytest.mark.parametrize("name", list(SUBCOMMANDS))

@@ -51,7 +51,8 @@ def test_single_point_and_bad_shapes():
 
 def test_extent_of_real_tomogram():
     ext = extent_xyz_A((184, 630, 630), REAL_SPACING_ZYX)
-    np.testing.assert_allclose(ext, [629.5 * REAL_SPACING_ZYX[2], 629.5 * REAL_SPACING_ZYX[1], 183.5 * REAL_SPACING_ZYX[0]])
+    sz, sy, sx = REAL_SPACING_ZYX
+    np.testing.assert_allclose(ext, [629.5 * sx, 629.5 * sy, 183.5 * sz])
 
 
 def test_real_picks_fall_inside_a_real_tomogram():

@@ -69,7 +69,8 @@ def test_target_accepts_older_manylinux_and_abi3_but_not_newer_glibc_or_other_py
     target = WheelTarget("3.11", ("manylinux_2_35_x86_64",))
     platforms = target.expanded_platforms
     assert platforms[0] == "manylinux_2_35_x86_64" and "manylinux_2_36_x86_64" not in platforms
-    assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"} <= set(platforms)
+    assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64",
+            "manylinux1_x86_64"} <= set(platforms)
     assert target.accepts(NUMPY_LIKE)
     assert target.accepts("six-1.17.0-py2.py3-none-any.whl")
     assert target.accepts("psutil-7.2.2-cp36-abi3-manylinux2010_x86_64.manylinux_2_12_x86_64.whl")

@@ -128,8 +128,9 @@ def test_deep_supervision_adds_coarse_levels_in_training_only_and_survives_a_che
         assert torch.equal(model(x), logits)
         model.aux_heads = heads
     path = tmp_path / "best.pt"
-    save_checkpoint(path, _checkpoint(model, activation="softmax") | {"model_config": vars(cfg) | {"decoder_channels": [16, 8, 4]},
-                                                "stride": stride(cfg), "classes": ["apo-ferritin", "ribosome"]})
+    save_checkpoint(path, _checkpoint(model, activation="softmax") | {
+        "model_config": vars(cfg) | {"decoder_channels": [16, 8, 4]}, "stride": stride(cfg),
+        "classes": ["apo-ferritin", "ribosome"]})
     loaded, _ = load_checkpoint(path)
     with torch.no_grad():
         out = loaded(x)

@@ -62,7 +62,8 @@ def test_torch_free_modules_stay_torch_and_copick_free():
     probe = ("import sys\n"
              "import czii.config, czii.predictor, czii.picks, czii.rundir, czii.registry, czii.metric, "
              "czii.submission, czii.postprocess.thresholds, czii.cli\n"
-             "print(sorted(m for m in ('torch', 'copick', 'zarr', 'segmentation_models_pytorch_3d') if m in sys.modules))")
+             "print(sorted(m for m in ('torch', 'copick', 'zarr', 'segmentation_models_pytorch_3d') "
+             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -151,7 +151,8 @@ def test_merge_factor_keeps_the_highest_scoring_pick():
 
 
 def test_empty_result_has_the_pick_columns():
-    picks = detect_peaks(np.zeros((2, 8, 8, 8), np.float32), ["apo-ferritin", "ribosome"], 10.0, thresholds=0.1, run="r")
+    picks = detect_peaks(np.zeros((2, 8, 8, 8), np.float32), ["apo-ferritin", "ribosome"], 10.0, thresholds=0.1,
+                         run="r")
     assert len(picks) == 0 and list(picks.columns) == list(CANDIDATE_COLUMNS)
 
 

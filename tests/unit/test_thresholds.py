@@ -56,7 +56,8 @@ def _synthetic(seed: int, runs=("TS_a", "TS_b", "TS_c", "TS_d")) -> tuple[pd.Dat
 
 
 def _brute_counts(cands: pd.DataFrame, truth: pd.DataFrame, thr_of_run, classes=PARTICLE_NAMES) -> dict:
-    """(tp, fp, fn) per class from pairwise distances; class ``name`` in run ``run`` keeps ``score >= thr_of_run(name, run)``."""
+    """(tp, fp, fn) per class from pairwise distances; class ``name`` in run ``run`` keeps
+    ``score >= thr_of_run(name, run)``."""
     out = {}
     for name in classes:
         r = BY_NAME[name].match_radius_A

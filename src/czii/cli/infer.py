@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model predicts (auto: on CUDA only; the same picks either way)")
     parser.add_argument("--copick-user", help="also write the picks into the dataset's copick overlay as this user")
     parser.add_argument("--copick-session", default="0", help="copick session id of those picks (default: 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV, its manifest and score sidecar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out CSV, its manifest and score sidecar")
     add_force_argument(parser)
     parser.add_argument("--out", required=True, metavar="CSV",
                         help="submission CSV to write, e.g. submissions/<name>.csv (manifest: <CSV>.manifest.json)")

@@ -433,8 +433,9 @@ def open_dataset(
     """Open a copick config JSON, a Kaggle directory (``split`` train/test) or a Kaggle split folder.
 
     ``tomo_type`` is the default tomogram type (Kaggle: ``"denoised"``; a copick project without
-    one uses the run's only type). ``workdir`` (Kaggle only) receives the staged copick overlay in ``<workdir>/<split>``;
-    by default a cache folder keyed by the input path (:func:`czii.data.staging.default_workdir`).
+    one uses the run's only type). ``workdir`` (Kaggle only) receives the staged copick overlay in
+    ``<workdir>/<split>``; by default a cache folder keyed by the input path
+    (:func:`czii.data.staging.default_workdir`).
     """
     source = Path(source).expanduser()
     if not source.exists():

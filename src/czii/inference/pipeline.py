@@ -65,7 +65,8 @@ from czii.predictor import (
     with_overrides,
 )
 from czii.rundir import check_finished
-from czii.submission import manifest_path, scores_path, to_submission, validate_submission, write_scores, write_submission
+from czii.submission import (manifest_path, scores_path, to_submission, validate_submission, write_scores,
+                             write_submission)
 
 DEFAULT_THRESHOLDS_ORIGIN = "default (czii.predictor.DEFAULT_THRESHOLDS)"
 
@@ -217,14 +218,15 @@ def run_inference(
     tiles bound the memory of CPU runs; tiles and TTA change scores, so thresholds tuned under the
     unchanged spec are refused unless ``allow_spec_mismatch``); ``thresholds`` (a thresholds JSON)
     replaces the spec's; ``device`` defaults to CUDA when available. ``data`` may also be a folder or glob of
-    MRC/REC files or a bare OME-Zarr store (:class:`czii.data.TomogramFolder`; ``voxel_size_A`` overrides their
-    headers); every run is brought to the members' voxel size and its picks come back in its own frame (Å). An existing ``out_csv`` (or its
-    manifest) is refused unless ``overwrite``; an unwritable one before anything is read. Rank 0 holds
-    ``<out_csv>.lock`` throughout (:mod:`czii.locks`; ``force`` takes over a stale one), so two inferences
-    never share an output or its work folder. ``runtime`` ``onnx`` runs every member's ONNX export through
-    onnxruntime (:mod:`czii.inference.onnx_members`), ``compiled`` runs the members through ``torch.compile``. ``prefetch`` (default: on CUDA) reads the next run and finds
-    the previous run's peaks in background threads while the model predicts (:meth:`Predictor.predict_runs`);
-    the picks are the same either way. See the module docstring.
+    MRC/REC files or a bare OME-Zarr store (:class:`czii.data.TomogramFolder`; ``voxel_size_A`` overrides
+    their headers); every run is brought to the members' voxel size and its picks come back in its own frame
+    (Å). An existing ``out_csv`` (or its manifest) is refused unless ``overwrite``; an unwritable one before
+    anything is read. Rank 0 holds ``<out_csv>.lock`` throughout (:mod:`czii.locks`; ``force`` takes over a
+    stale one), so two inferences never share an output or its work folder. ``runtime`` ``onnx`` runs every
+    member's ONNX export through onnxruntime (:mod:`czii.inference.onnx_members`), ``compiled`` runs the
+    members through ``torch.compile``. ``prefetch`` (default: on CUDA) reads the next run and finds the
+    previous run's peaks in background threads while the model predicts (:meth:`Predictor.predict_runs`); the
+    picks are the same either way. See the module docstring.
     """
     started = time.perf_counter()
     out_csv = check_output(out_csv, "output", overwrite=overwrite)

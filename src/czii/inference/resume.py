@@ -4,10 +4,11 @@
 thresholds, the member checkpoints' size and modification time, the data source, split and voxel-size
 override) and one ``<run>.npz`` per finished run (its scored picks, exact float64, the facts of its
 prediction and the identity of its input files: :func:`input_identity`), each written atomically. A
-rerun of the same command after an interruption (after kill -9 with ``--force``: :mod:`czii.locks`) predicts only the runs without a
-file and produces the same picks. A work folder with another key is discarded with a note; a stored
-run whose input files changed since (replaced, rewritten, touched) is predicted again with a note. The
-folder is removed once the CSV and manifest are written; nothing is created before the first run finishes.
+rerun of the same command after an interruption (after kill -9 with ``--force``: :mod:`czii.locks`)
+predicts only the runs without a file and produces the same picks. A work folder with another key is
+discarded with a note; a stored run whose input files changed since (replaced, rewritten, touched) is
+predicted again with a note. The folder is removed once the CSV and manifest are written; nothing is
+created before the first run finishes.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Metric (the competition's, as :mod:`czii.metric`): for each run of the truth tab
 class, a truth point is a TP when any kept candidate of that class lies within
 ``0.5 * radius_A`` (inclusive); FP = kept − TP (negative when one candidate covers two
 truths); FN = truth − TP. Counts are summed over runs, F-beta (β = 4) is taken per class and
-the score is ``Σ weight · F / total_weight`` (:func:`czii.particles.total_weight`). Candidates of runs absent from the truth are
-ignored, as the competition ignores submission rows of runs outside the solution.
+the score is ``Σ weight · F / total_weight`` (:func:`czii.particles.total_weight`). Candidates of runs
+absent from the truth are ignored, as the competition ignores submission rows of runs outside the solution.
 
 Exact evaluation: keeping candidates with ``score >= t`` only filters them (exact for maxpool
 peaks, see :mod:`czii.postprocess.peaks`), so per truth point the best score of the candidates
