@@ -1,0 +1,445 @@
+"""Built-in simulator of CZII-like data: ``simulate_dataset(out_dir, config) -> SimResult``.
+
+Layout written (docs/ARCHITECTURE.md, "Simulator")::
+
+    out_dir/
+      copick_config.json   filesystem copick project over out_dir/copick (training runs)
+      copick/static/ExperimentRuns/<run>/VoxelSpacing10.000/<type>.zarr
+      copick/overlay/ExperimentRuns/<run>/Picks/curation_0_<object>.json
+      kaggle/train/static/ExperimentRuns/<run>/VoxelSpacing10.000/<type>.zarr   (hard links)
+      kaggle/train/overlay/ExperimentRuns/<run>/Picks/<object>.json
+      kaggle/test/static/ExperimentRuns/<run>/VoxelSpacing10.000/denoised.zarr
+      kaggle/solution.csv  truth of the test runs: id, experiment, particle_type, x, y, z (Å)
+      simulation.json      the SimConfig used and every run's drawn parameters
+
+Choices worth knowing:
+
+- The copick project holds the training runs only (the test runs are unlabelled, as on
+  Kaggle; their truth is ``kaggle/solution.csv``). Its roots are absolute paths of ``out_dir``:
+  a moved dataset needs its ``copick_config.json`` roots updated.
+- ``object_names`` (canonical class → name written) renames the objects in the copick config,
+  picks files and picks documents; ``type_names`` (recipe → name written) renames tomogram
+  types. ``solution.csv`` and :attr:`SimResult.picks` always use the canonical class names.
+- The ``VoxelSpacing`` folder carries the spacing rounded to whole Å (10.012 → ``10.000``, as
+  in the competition data); the exact spacing is in each tomogram's ``.zattrs``.
+- Everything is built in a hidden temporary sibling of ``out_dir`` and renamed into place at
+  the end, so a failure leaves nothing behind. Identical configs give byte-identical files
+  (``copick_config.json`` aside: it names ``out_dir``).
+
+Particle counts (``layout="random"``) are Poisson around the mean real density (curated picks
+per real 184×630×630 run, scaled to the volume and by ``density_scale``), at least
+``min_per_class``. ``layout="real"`` replicates the picks of a real training run instead (run
+``i`` uses real run ``i mod 7`` and, for training runs, takes its name; see
+:func:`czii.simulate.scene.place_real_particles`).
+Realism knobs (each drawn per run and recorded in ``simulation.json``): ``snr`` (times a per-run
+factor e^U(±0.35)), ``contrast`` (particle density times ``contrast``·U(0.8, 1.2)), ``density_scale``
+(crowding), ``ice_gradient`` (a linear ramp of ± ``ice_gradient`` tomogram standard deviations
+across the field along a random y-x direction, as a lamella thickening from one side adds
+background), ``intensity_scale_log10`` and ``intensity_offset`` (each tomogram is mapped to
+``offset − scale·v`` with log10(scale) ~ U(range) and offset ~ U(range)·scale: the real CZII
+values are near 1e-5).
+Scene and imaging models: :mod:`czii.simulate.scene`, :mod:`czii.simulate.imaging`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from copick.util.escape import sanitize_name
+from tqdm import tqdm
+
+from czii.formats.omezarr import write_ome_zarr
+from czii.formats.picks_json import picks_document, write_picks_json
+from czii.simulate.imaging import TOMO_TYPES, Imaging, image_tomograms
+from czii.simulate.scene import (
+    REAL_PICKS_PER_RUN,
+    Scene,
+    add_membranes,
+    add_others,
+    load_real_picks,
+    new_scene,
+    place_random_particles,
+    place_real_particles,
+    render_density,
+)
+from czii.data.staging import TRUTH_SESSION_ID, TRUTH_USER_ID
+from czii.errors import ConfigError
+from czii.geometry import CZII_SHAPE_ZYX, CZII_SPACING_ZYX_A
+from czii.io import temp_sibling
+from czii.particles import PARTICLE_NAMES, PARTICLES
+from czii.submission import SUBMISSION_COLUMNS
+
+# Recorded in simulation.json; raised whenever the same SimConfig writes different volumes.
+# 2: pyramid levels are anti-aliased subsamples that sit where their metadata says (1: block means).
+SIMULATOR_VERSION = 2
+DEFAULT_REAL_PICKS_CSV = str(Path(__file__).parent / "reference" / "train_picks.csv")
+TEST_TOMO_TYPE = "denoised"
+
+# Object names in the style of the CryoET Data Portal's simulated CZII dataset (copick-valid).
+PORTAL_OBJECT_NAMES: dict[str, str] = {
+    "apo-ferritin": "ferritin-complex",
+    "beta-amylase": "beta-amylase",
+    "beta-galactosidase": "beta-galactosidase",
+    "ribosome": "cytosolic-ribosome",
+    "thyroglobulin": "thyroglobulin",
+    "virus-like-particle": "pp7-vlp",
+}
+
+PRESETS: dict[str, dict] = {
+    "tiny": {"n_train": 3, "n_test": 1, "shape_zyx": (32, 96, 96), "density_scale": 3.0, "min_per_class": 1},
+    "small": {"n_train": 6, "n_test": 2, "shape_zyx": (64, 192, 192), "density_scale": 3.0, "min_per_class": 2},
+    "full": {"n_train": 7, "n_test": 3, "shape_zyx": CZII_SHAPE_ZYX},
+    "portal": {
+        "n_train": 7, "n_test": 0, "shape_zyx": (200, 630, 630), "types": ("wbp",), "object_names": PORTAL_OBJECT_NAMES,
+    },
+}
+
+
+def _is_copick_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and sanitize_name(name, suppress_warnings=True) == name
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that defines a simulated dataset; validated on construction (ConfigError)."""
+
+    n_train: int = 3
+    n_test: int = 1
+    shape_zyx: tuple[int, int, int] = (32, 96, 96)
+    spacing_zyx_A: tuple[float, float, float] = CZII_SPACING_ZYX_A
+    snr: float = 1.0
+    seed: int = 0
+    layout: str = "random"
+    types: tuple[str, ...] = TOMO_TYPES
+    density_scale: float = 1.0
+    min_per_class: int = 0
+    distractors_per_particle: float = 1.0
+    membrane_rate: float = 1.0
+    gold_rate: float = 1.0
+    tilt_range_deg: float = 60.0
+    contrast: float = 1.0
+    ice_gradient: float = 0.0
+    intensity_scale_log10: tuple[float, float] = (-6.0, -3.0)
+    intensity_offset: tuple[float, float] = (-2.0, 2.0)
+    object_names: Mapping[str, str] = field(default_factory=dict)
+    type_names: Mapping[str, str] = field(default_factory=dict)
+    real_picks_csv: str = DEFAULT_REAL_PICKS_CSV
+
+    def __post_init__(self) -> None:
+        def fix(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        try:
+            fix("shape_zyx", tuple(int(v) for v in self.shape_zyx))
+            fix("spacing_zyx_A", tuple(float(v) for v in np.broadcast_to(self.spacing_zyx_A, (3,))))
+            for name in ("intensity_scale_log10", "intensity_offset"):
+                low, high = (float(v) for v in getattr(self, name))
+                fix(name, (low, high))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"SimConfig: shape_zyx and spacing_zyx_A must be 3 numbers, intensity_scale_log10 and "
+                f"intensity_offset 2 (low, high), got {self.shape_zyx!r}, {self.spacing_zyx_A!r}, "
+                f"{self.intensity_scale_log10!r}, {self.intensity_offset!r}"
+            ) from None
+        if isinstance(self.types, str):
+            raise ConfigError(f"SimConfig: types must be a list of tomogram types, got the string {self.types!r}")
+        fix("types", tuple(self.types))
+        fix("object_names", dict(self.object_names))
+        fix("type_names", dict(self.type_names))
+        fix("real_picks_csv", str(self.real_picks_csv))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"SimConfig: {what}")
+
+        for name in ("n_train", "n_test", "seed", "min_per_class"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise bad(f"{name} must be a non-negative integer, got {value!r}")
+        if self.n_train + self.n_test < 1:
+            raise bad("n_train + n_test must be at least 1")
+        if len(self.shape_zyx) != 3 or min(self.shape_zyx) < 8:
+            raise bad(f"shape_zyx must be 3 sizes of at least 8 voxels, got {self.shape_zyx}")
+        if not all(math.isfinite(s) and s > 0 for s in self.spacing_zyx_A):
+            raise bad(f"spacing_zyx_A must be positive, got {self.spacing_zyx_A}")
+        if not (math.isfinite(self.snr) and self.snr > 0):
+            raise bad(f"snr must be a positive number, got {self.snr!r}")
+        if not (math.isfinite(self.contrast) and self.contrast > 0):
+            raise bad(f"contrast must be a positive number, got {self.contrast!r}")
+        for name in ("intensity_scale_log10", "intensity_offset"):
+            low, high = getattr(self, name)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise bad(f"{name} must be (low, high) with low <= high, got {(low, high)}")
+        for name in ("density_scale", "distractors_per_particle", "membrane_rate", "gold_rate", "ice_gradient"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise bad(f"{name} must be a non-negative number, got {value!r}")
+        if not 0 < self.tilt_range_deg < 90:
+            raise bad(f"tilt_range_deg must be in (0, 90), got {self.tilt_range_deg}")
+        if self.layout not in ("random", "real"):
+            raise bad(f"layout must be 'random' or 'real', got {self.layout!r}")
+        unknown = [t for t in self.types if t not in TOMO_TYPES]
+        if not self.types or unknown or len(set(self.types)) != len(self.types):
+            raise bad(f"types must be distinct names from {list(TOMO_TYPES)}, got {list(self.types)}")
+        written_types = tuple(dict.fromkeys(self.types + (TEST_TOMO_TYPE,)))
+        for option, known, names in (
+            ("object_names", PARTICLE_NAMES, self.object_names),
+            ("type_names", written_types, self.type_names),
+        ):
+            if set(names) - set(known):
+                raise bad(f"{option} keys must be among {list(known)}, got {sorted(set(names) - set(known))}")
+            for value in names.values():
+                if not _is_copick_name(value):
+                    raise bad(f"{option}: {value!r} is not a valid copick name (no '_', spaces or /\\:*?\"<>|)")
+            written = [names.get(k, k) for k in known]
+            if len(set(written)) != len(written):
+                raise bad(f"{option} gives two entries the same name: {written}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "SimConfig":
+        """The config of preset ``name`` (:data:`PRESETS`) with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown simulator preset {name!r}; presets: {', '.join(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown SimConfig fields {sorted(unknown)}")
+        return replace(cls(**PRESETS[name]), **overrides)
+
+    def object_name(self, particle_type: str) -> str:
+        """Name written in the data for canonical class ``particle_type``."""
+        return self.object_names.get(particle_type, particle_type)
+
+    def type_name(self, recipe: str) -> str:
+        """Tomogram type name written in the data for imaging recipe ``recipe``."""
+        return self.type_names.get(recipe, recipe)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What :func:`simulate_dataset` wrote; ``picks`` holds every run's truth with canonical class names."""
+
+    out_dir: Path
+    config: SimConfig
+    train_runs: tuple[str, ...]
+    test_runs: tuple[str, ...]
+    picks: pd.DataFrame
+    run_params: dict[str, dict]
+
+    @property
+    def copick_config(self) -> Path:
+        return self.out_dir / "copick_config.json"
+
+    @property
+    def kaggle_dir(self) -> Path:
+        return self.out_dir / "kaggle"
+
+    @property
+    def solution_csv(self) -> Path:
+        return self.kaggle_dir / "solution.csv"
+
+    def tomogram_path(self, run: str, recipe: str = TEST_TOMO_TYPE) -> Path:
+        """The ``.zarr`` of ``run`` imaged with ``recipe`` (copick tree for train runs, else the Kaggle test tree)."""
+        root = self.out_dir / "copick" if run in self.train_runs else self.kaggle_dir / "test"
+        return _tomogram_dir(root / "static", run, self.config.spacing_zyx_A) / f"{self.config.type_name(recipe)}.zarr"
+
+
+def _tomogram_dir(static_root: Path, run: str, spacing_zyx_A: Sequence[float]) -> Path:
+    return static_root / "ExperimentRuns" / run / f"VoxelSpacing{round(spacing_zyx_A[-1]):.3f}"
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Mirror ``src`` at ``dst`` with hard links (copies where the filesystem refuses links)."""
+    for root, _, files in os.walk(src):
+        target = dst / Path(root).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            try:
+                os.link(Path(root) / name, target / name)
+            except OSError:
+                shutil.copy2(Path(root) / name, target / name)
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: output path exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out_dir}: output directory exists and is not empty (use overwrite=True / --overwrite)")
+        if not (out_dir / "simulation.json").is_file():
+            raise ConfigError(
+                f"{out_dir}: refusing to overwrite a directory that is not a simulator output (no simulation.json)"
+            )
+
+
+def _draw_run(
+    config: SimConfig, run: str, index: int, rng: np.random.Generator, real: pd.DataFrame | None
+) -> tuple[Scene, Imaging, float, dict]:
+    """Build one run's scene and imaging parameters; returns (scene, imaging, particle contrast, params)."""
+    scene = new_scene(config.shape_zyx, config.spacing_zyx_A, rng)
+    volume_fraction = float(np.prod(config.shape_zyx) / np.prod(CZII_SHAPE_ZYX))
+    params: dict = {"lamella": asdict(scene.lamella)}
+    if real is None:
+        requested = {
+            name: max(config.min_per_class, int(rng.poisson(mean * volume_fraction * config.density_scale)))
+            for name, mean in REAL_PICKS_PER_RUN.items()
+        }
+        placed = place_random_particles(scene, requested, rng)
+        short = [name for name in PARTICLE_NAMES if placed[name] < config.min_per_class]
+        if short:
+            raise ConfigError(
+                f"run {run}: could not fit min_per_class={config.min_per_class} particles of {short} in a "
+                f"{'×'.join(map(str, config.shape_zyx))} volume; use a larger shape or a lower "
+                "density_scale/min_per_class"
+            )
+        params["requested"] = requested
+    else:
+        source_runs = sorted(real["experiment"].unique())
+        source = source_runs[index % len(source_runs)]
+        params["real_source"] = {"run": source, **place_real_particles(scene, real[real["experiment"] == source], rng)}
+    n_vesicles = int(rng.poisson(config.membrane_rate * (0.4 + 2.0 * volume_fraction)))
+    n_patches = int(rng.poisson(config.membrane_rate * (0.3 + 1.5 * volume_fraction)))
+    params["membranes"] = add_membranes(scene, n_vesicles, n_patches, rng)
+    n_gold = int(rng.poisson(config.gold_rate * (0.3 + 4.0 * volume_fraction)))
+    n_distractors = int(rng.poisson(config.distractors_per_particle * max(len(scene.particles), 1)))
+    params["gold"], params["distractors"] = add_others(scene, n_gold, n_distractors, rng)
+    params["particles"] = scene.counts()
+    contrast = float(config.contrast * rng.uniform(0.8, 1.2))
+    scale = float(10.0 ** rng.uniform(*config.intensity_scale_log10))
+    imaging = Imaging(
+        defocus_A=float(rng.uniform(2.5e4, 4.5e4)),
+        bfactor_A2=float(rng.uniform(200.0, 800.0)),
+        snr=float(config.snr * np.exp(rng.uniform(-0.35, 0.35))),
+        tilt_range_deg=config.tilt_range_deg,
+        texture_std=float(rng.uniform(0.03, 0.08)),
+        intensity_scale=scale,
+        intensity_offset=float(rng.uniform(*config.intensity_offset) * scale),
+        ice_gradient=config.ice_gradient,
+        ice_angle_rad=float(rng.uniform(0.0, 2.0 * np.pi)) if config.ice_gradient else 0.0,
+    )
+    params.update(particle_contrast=contrast, imaging=asdict(imaging))
+    return scene, imaging, contrast, params
+
+
+def _write_picks(root: Path, config: SimConfig, scene: Scene, run: str, kaggle: bool) -> None:
+    picks_dir = root / "overlay" / "ExperimentRuns" / run / "Picks"
+    for particle in PARTICLES:
+        name = config.object_name(particle.name)
+        xyz = [np.round(b.center_xyz_A, 3) for b in scene.particles if b.kind == particle.name]
+        document = picks_document(name, run, np.array(xyz).reshape(-1, 3), TRUTH_USER_ID, TRUTH_SESSION_ID)
+        filename = f"{name}.json" if kaggle else f"{TRUTH_USER_ID}_{TRUTH_SESSION_ID}_{name}.json"
+        write_picks_json(picks_dir / filename, document)
+
+
+def _copick_config(config: SimConfig, out_dir: Path) -> dict:
+    objects = [
+        {
+            "name": config.object_name(p.name), "is_particle": True, "label": p.label,
+            "color": list(p.color_rgba), "radius": p.radius_A, "pdb_id": p.pdb_id,
+        }
+        for p in PARTICLES
+    ]
+    return {
+        "config_type": "filesystem",
+        "name": "czii-simulated",
+        "description": f"Simulated CZII-like training runs (czii simulate, seed {config.seed})",
+        "version": "1.0.0",
+        "pickable_objects": objects,
+        "overlay_root": str(out_dir / "copick" / "overlay"),
+        "overlay_fs_args": {"auto_mkdir": True},
+        "static_root": str(out_dir / "copick" / "static"),
+    }
+
+
+def _train_run_names(n_train: int, real: pd.DataFrame | None) -> tuple[str, ...]:
+    """``TS_sim_00``…; with a real layout, training run ``i`` takes the name of the real run it replicates
+    (``TS_5_4``…, ``TS_5_4_sim1`` once every real run is used), so configs written for the real runs
+    (their folds name them) run unchanged on the simulated rehearsal."""
+    if real is None:
+        return tuple(f"TS_sim_{i:02d}" for i in range(n_train))
+    sources = sorted(real["experiment"].unique())
+    return tuple(
+        sources[i % len(sources)] + (f"_sim{i // len(sources)}" if i >= len(sources) else "") for i in range(n_train)
+    )
+
+
+def _build(tmp: Path, out_dir: Path, config: SimConfig, real: pd.DataFrame | None, progress: bool | None) -> SimResult:
+    train_runs = _train_run_names(config.n_train, real)
+    test_runs = tuple(f"TS_test_{i:02d}" for i in range(config.n_test))
+    runs = [(r, "train") for r in train_runs] + [(r, "test") for r in test_runs]
+    seeds = np.random.SeedSequence(config.seed).spawn(len(runs))
+    steps = len(runs) + config.n_train * len(config.types) + config.n_test
+    picks, run_params = [], {}
+    with tqdm(total=steps, desc="simulate", unit="step", disable=None if progress is None else not progress) as bar:
+        for index, ((run, split), seed) in enumerate(zip(runs, seeds)):
+            bar.set_postfix_str(f"{run}: scene")
+            rng = np.random.default_rng(seed)
+            scene, imaging, contrast, params = _draw_run(config, run, index, rng, real)
+            run_params[run] = {"split": split, **params}
+            picks.append(scene.picks(run))
+            bar.update()
+            types = config.types if split == "train" else (TEST_TOMO_TYPE,)
+            root = tmp / ("copick" if split == "train" else "kaggle/test")
+            tomo_dir = _tomogram_dir(root / "static", run, config.spacing_zyx_A)
+            tomograms = image_tomograms(render_density(scene, contrast), config.spacing_zyx_A, imaging, types, rng)
+            for recipe, volume in tomograms:
+                bar.set_postfix_str(f"{run}: {recipe}")
+                write_ome_zarr(tomo_dir / f"{config.type_name(recipe)}.zarr", volume, config.spacing_zyx_A)
+                del volume
+                bar.update()
+            if split == "train":
+                _link_tree(tomo_dir, _tomogram_dir(tmp / "kaggle/train/static", run, config.spacing_zyx_A))
+                _write_picks(tmp / "copick", config, scene, run, kaggle=False)
+                _write_picks(tmp / "kaggle/train", config, scene, run, kaggle=True)
+    all_picks = pd.concat(picks, ignore_index=True)
+    solution = all_picks[all_picks["experiment"].isin(test_runs)].reset_index(drop=True)
+    solution.insert(0, "id", np.arange(len(solution)))
+    (tmp / "kaggle").mkdir(exist_ok=True)
+    solution[list(SUBMISSION_COLUMNS)].to_csv(tmp / "kaggle" / "solution.csv", index=False)
+    (tmp / "copick_config.json").write_text(json.dumps(_copick_config(config, out_dir), indent=4) + "\n")
+    simulation = {"simulator_version": SIMULATOR_VERSION, "config": config.to_dict(), "train_runs": train_runs,
+                  "test_runs": test_runs, "runs": run_params}
+    (tmp / "simulation.json").write_text(json.dumps(simulation, indent=2) + "\n")
+    return SimResult(out_dir, config, train_runs, test_runs, all_picks, run_params)
+
+
+def simulate_dataset(
+    out_dir: str | Path, config: SimConfig, *, overwrite: bool = False, progress: bool | None = None
+) -> SimResult:
+    """Simulate ``config`` into ``out_dir`` (layout in the module docstring) and describe what was written.
+
+    An existing non-empty ``out_dir`` is refused unless ``overwrite`` is true and it holds a
+    previous simulation (``simulation.json``). ``progress``: show the tqdm bar (None: only on a TTY).
+    """
+    out_dir = Path(out_dir).absolute()
+    _check_destination(out_dir, overwrite)
+    real = load_real_picks(config.real_picks_csv) if config.layout == "real" else None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = temp_sibling(out_dir), temp_sibling(out_dir, "old")
+    try:
+        tmp.mkdir()
+        result = _build(tmp, out_dir, config, real, progress)
+        if out_dir.exists():
+            out_dir.rename(old)
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if old.exists():
+                old.rename(out_dir)
+            raise
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+    return result
