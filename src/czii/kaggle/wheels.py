@@ -1,56 +1,30 @@
-"""Offline Kaggle submission: the dataset folder a notebook without internet installs and runs from.
-
-Contract of :func:`build_kaggle_dataset` ``(models, out, ...)`` (what ``czii kaggle-build`` calls):
-
-```
-out/
-  wheels/          czii (built from the source tree) + every dependency in its resolved closure except
-                   the packages Kaggle's image provides (PROVIDED_PATTERNS: a CUDA torch, torchvision,
-                   triton, nvidia-*, cuda-*), as wheels for the target Python and platforms
-  models/          the ensemble's checkpoints (copied)
-  thresholds.json  the models' thresholds file (absent when they have none: defaults, with a note)
-  inference.yaml   the predictor spec (czii.predictor) with paths relative to out/: members,
-                   input recipe, tiling, TTA, peaks, thresholds; its score hash equals the one the
-                   thresholds were tuned under
-  manifest.json    package version, git commit, target, provided packages, wheels, sha256 + size per file
-```
-
-A ``dataset-metadata.json`` (the Kaggle CLI's) found in a previous build is carried over.
+"""Wheels for the offline Kaggle dataset: the target (Python, platforms), the packages Kaggle's image provides,
+and the dependency closure of czii's wheel.
 
 Dependency versions come from ``constraints.txt``; the closure is walked over each wheel's own
 ``Requires-Dist`` with markers evaluated for the target (Linux, CPython). Wheels are looked up
 in ``wheels_from`` and in a per-target cache (``$CZII_CACHE`` or ``~/.cache/czii``, then
 ``wheels/<target key>``), else fetched with ``pip download --only-binary=:all:`` into the cache;
 a package with only a source distribution is built with ``pip wheel`` and must give a wheel the
-target accepts. The folder is built under a temporary name beside ``out`` and renamed when
-complete; an existing ``out`` is replaced only when it is a previous build (has our manifest).
-
-:func:`project_runtime` turns the per-run timings of an inference manifest into a projection
-for Kaggle's hidden test set (the notebook prints it).
+target accepts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import email.parser
 import fnmatch
 import importlib.metadata
-import json
-import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import compatible_tags, cpython_tags
@@ -58,11 +32,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 from tqdm import tqdm
 
-from czii import locks
-from czii.geometry import CZII_SHAPE_ZYX
-from czii.errors import BuildError, ConfigError, DataError
-from czii.io import check_output, git_commit, git_dirty, sha256_file, temp_sibling
-from czii.predictor import MemberSpec, load_spec, save_spec
+from czii.errors import BuildError, ConfigError
 
 # Kaggle's notebook image: Python 3.11 on Ubuntu 22.04 (glibc 2.35) with a CUDA build of torch.
 KAGGLE_PYTHON_VERSION = "3.11"
@@ -73,16 +43,12 @@ PROVIDED_NOTE = (
     "nvidia-* and cuda-* libraries) at the versions czii pins; these are not bundled. Everything "
     "else czii needs is in wheels/."
 )
-HIDDEN_TEST_TOMOGRAMS = 500
-KAGGLE_LIMIT_HOURS = 12.0
 
-MANIFEST_NAME = "manifest.json"
-KAGGLE_METADATA_NAME = "dataset-metadata.json"  # the Kaggle CLI's own file; kept across rebuilds, not listed
-ENSEMBLE_NAME = "inference.yaml"
-THRESHOLDS_NAME = "thresholds.json"
 PACKAGE_NAME = "czii"
 _MANYLINUX = re.compile(r"manylinux_(\d+)_(\d+)_(\w+)")
 _LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+
+
 
 
 # --------------------------------------------------------------------------- target
@@ -367,7 +333,7 @@ def resolve_closure(
     return closure
 
 
-_WHEEL_SOURCES = ("src", "pyproject.toml", "README.md")
+WHEEL_SOURCES = ("src", "pyproject.toml", "README.md")
 
 
 def build_package_wheel(project_dir: Path, dest: Path) -> Path:
@@ -379,7 +345,7 @@ def build_package_wheel(project_dir: Path, dest: Path) -> Path:
         tree = Path(tmp) / "czii"
         shutil.copytree(project_dir / "src", tree / "src",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-        for name in _WHEEL_SOURCES[1:]:
+        for name in WHEEL_SOURCES[1:]:
             if (project_dir / name).is_file():
                 shutil.copy2(project_dir / name, tree / name)
         built = _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(Path(tmp) / "out"),
@@ -389,256 +355,3 @@ def build_package_wheel(project_dir: Path, dest: Path) -> Path:
             raise BuildError(f"package {PACKAGE_NAME}: building its wheel from {project_dir} failed: {_tail(built)}")
         dest.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy2(wheels[0], dest / wheels[0].name))
-
-
-# --------------------------------------------------------------------------- models, thresholds, ensemble YAML
-
-
-def _member_file_name(index: int, checkpoint: Path) -> str:
-    parts = [checkpoint.parent.parent.name] if checkpoint.parent.name == "checkpoints" else []
-    return "-".join([f"m{index}", *parts, checkpoint.stem]) + ".pt"
-
-
-def _write_models(models: str | Path | Sequence[str | Path], out: Path, *, tta: str | Sequence[str] | None,
-                  thresholds: str | Path | None, allow_spec_mismatch: bool, allow_unfinished: bool) -> dict[str, Any]:
-    """Copy checkpoints and thresholds, write the predictor spec ``inference.yaml`` into ``out``; returns the
-    manifest's models part.
-
-    The spec is resolved, checked against its thresholds and loaded as
-    :func:`czii.inference.pipeline.run_inference` does, so a predictor it would refuse fails here
-    rather than on Kaggle.
-    """
-    from czii.inference import Predictor, resolve_predictor  # torch: only when building
-
-    spec, check, unfinished = resolve_predictor(models, tta=tta, thresholds=thresholds,
-                                                allow_spec_mismatch=allow_spec_mismatch,
-                                                allow_unfinished=allow_unfinished)
-    spec = Predictor.load(spec, "cpu").spec  # with the members' voxel size recorded
-    if check.thresholds is None:
-        print(f"note: no thresholds file with {models}; shipping the defaults (tune them with `czii tune`, "
-              "or pass --thresholds)", file=sys.stderr)
-        shipped_thresholds = None
-    else:
-        shutil.copy2(check.source, out / THRESHOLDS_NAME)
-        shipped_thresholds = str(out / THRESHOLDS_NAME)
-    (out / "models").mkdir()
-    members, listed = [], []
-    for i, m in enumerate(spec.members):
-        rel = f"models/{_member_file_name(i, Path(m.checkpoint))}"
-        shutil.copy2(m.checkpoint, out / rel)
-        members.append(MemberSpec(str(out / rel), m.weight))
-        listed.append({"file": rel, "source": str(Path(m.checkpoint).resolve()), "weight": m.weight})
-    shipped = dataclasses.replace(spec, members=members, thresholds=shipped_thresholds)
-    save_spec(shipped, out / ENSEMBLE_NAME)
-    load_spec(out / ENSEMBLE_NAME)
-    return {"description": str(models), "members": listed, "classes": list(spec.classes),
-            "thresholds_source": check.source, "spec_hash": spec.hash, "spec_check": check.status,
-            "unfinished_members": unfinished,
-            "tta": list(spec.tta)}
-
-
-# --------------------------------------------------------------------------- manifest and build
-
-
-_UNLISTED = (MANIFEST_NAME, KAGGLE_METADATA_NAME)
-
-
-def _file_table(root: Path) -> dict[str, dict[str, Any]]:
-    return {
-        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() not in _UNLISTED
-    }
-
-
-def _check_out(out: Path, project_dir: Path, models: str | Path | Sequence[str | Path]) -> None:
-    notebooks = (project_dir / "kaggle_notebooks").resolve()
-    if out.resolve().is_relative_to(notebooks):
-        raise ConfigError(f"--out {out} lies inside {notebooks}; the dataset folder never goes into kaggle_notebooks/")
-    inputs = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
-    for run_dir in (p for p in inputs if p.is_dir()):
-        if out.resolve().is_relative_to(run_dir.resolve()):
-            raise ConfigError(f"--out {out} lies inside the run directory {run_dir}; czii never writes into its input")
-    if out.exists() and not (out / MANIFEST_NAME).is_file():
-        raise ConfigError(f"--out {out} exists and is not a czii Kaggle dataset folder (no {MANIFEST_NAME}); "
-                          "remove it or choose another folder")
-
-
-@dataclass
-class BuildResult:
-    """The folder written, its manifest and the build's wall time."""
-
-    out: Path
-    manifest: dict[str, Any]
-    seconds: float
-
-    @property
-    def wheels_bytes(self) -> int:
-        return sum(f["size"] for name, f in self.manifest["files"].items() if name.startswith("wheels/"))
-
-
-def build_kaggle_dataset(
-    models: str | Path | Sequence[str | Path],
-    out: str | Path,
-    *,
-    target: WheelTarget = WheelTarget(),
-    wheels_from: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    project_dir: str | Path | None = None,
-    constraints: str | Path | None = None,
-    tta: str | Sequence[str] | None = None,
-    thresholds: str | Path | None = None,
-    allow_spec_mismatch: bool = False,
-    allow_unfinished: bool = False,
-    progress: bool = True,
-    force: bool = False,
-) -> BuildResult:
-    """Write the offline Kaggle dataset folder for ``models`` to ``out`` (layout in the module docstring).
-
-    ``models``: a training run directory, checkpoint files or a predictor spec YAML
-    (:func:`czii.inference.pipeline.resolve_predictor`). ``project_dir`` (default: the checkout
-    holding this module) gives the source tree and ``constraints.txt``. ``tta`` and
-    ``thresholds`` override what comes with the models; thresholds tuned under another spec are
-    refused unless ``allow_spec_mismatch``, unfinished training unless ``allow_unfinished``. Holds the
-    lock ``<out>.lock`` while it builds (:mod:`czii.locks`; ``force`` takes over a stale one).
-    """
-    started = time.perf_counter()
-    out = Path(out)
-    project_dir = Path(project_dir) if project_dir is not None else Path(__file__).resolve().parents[2]
-    _check_out(out, project_dir, models)
-    check_output(out, "--out", kind="dir", overwrite=True)
-    with locks.hold(locks.sibling_lock(out), "Kaggle dataset folder", out, force=force):
-        pins = read_pins(constraints if constraints is not None else project_dir / "constraints.txt")
-        source = WheelSource(target, Path(cache_dir) if cache_dir is not None else default_cache_dir(target),
-                             Path(wheels_from) if wheels_from is not None else None)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(out)
-        tmp.mkdir()
-        try:
-            models_part = _write_models(models, tmp, tta=tta, thresholds=thresholds,
-                                        allow_spec_mismatch=allow_spec_mismatch, allow_unfinished=allow_unfinished)
-            own = build_package_wheel(project_dir, tmp / "wheels")
-            closure = resolve_closure(wheel_requirements(own), target, pins, source, progress=progress)
-            for wheel in closure.wheels.values():
-                shutil.copy2(wheel, tmp / "wheels" / wheel.name)
-            version = str(parse_wheel_filename(own.name)[1])
-            manifest = {
-                "package": PACKAGE_NAME,
-                "version": version,
-                # dirty: the packaged sources (src/, pyproject.toml, README.md) differ from the commit or have new files
-                "git": {"commit": git_commit(project_dir), "dirty": git_dirty(project_dir, _WHEEL_SOURCES)},
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "target": {"python_version": target.python_version, "implementation": "cp",
-                           "platforms": list(target.platforms), "accepted_platforms": target.expanded_platforms},
-                "provided": {"patterns": list(PROVIDED_PATTERNS), "requirements": sorted(closure.provided.values()),
-                             "note": PROVIDED_NOTE},
-                "install": f"pip install --no-index --find-links <dataset>/wheels {PACKAGE_NAME}",
-                "wheels": sorted(p.name for p in (tmp / "wheels").glob("*.whl")),
-                "unpinned": sorted(name for name in closure.wheels if name not in pins),
-                "models": models_part,
-                "files": _file_table(tmp),
-            }
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-            if out.exists():
-                if (out / KAGGLE_METADATA_NAME).is_file():
-                    shutil.copy2(out / KAGGLE_METADATA_NAME, tmp / KAGGLE_METADATA_NAME)
-                old = temp_sibling(out, "old")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - started)
-
-
-def verify_dataset(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a built folder after checking every listed file's size and sha256 (DataError if not)."""
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{folder}: no readable {MANIFEST_NAME} ({exc})") from None
-    actual = _file_table(folder)
-    if actual.keys() != manifest["files"].keys():
-        missing, extra = manifest["files"].keys() - actual.keys(), actual.keys() - manifest["files"].keys()
-        raise DataError(f"{folder}: files differ from the manifest: missing {sorted(missing)}, extra {sorted(extra)}")
-    changed = sorted(name for name, facts in actual.items() if facts != manifest["files"][name])
-    if changed:
-        raise DataError(f"{folder}: files changed since the build (size or sha256): {changed}")
-    return manifest
-
-
-# --------------------------------------------------------------------------- runtime projection
-
-
-@dataclass(frozen=True)
-class RuntimeProjection:
-    """Inference time projected to the hidden test set from measured per-run seconds.
-
-    Each run's seconds are scaled by (voxels of a real tomogram at the models' level) / (voxels
-    measured), so timings on small volumes still project to full-size ones; fixed costs (model
-    loading, everything outside the runs) count once.
-    """
-
-    run_seconds: dict[str, float]
-    run_shapes_zyx: dict[str, tuple[int, int, int]]
-    seconds_per_tomogram: float
-    fixed_seconds: float
-    n_tomograms: int
-    limit_seconds: float
-
-    @property
-    def projected_seconds(self) -> float:
-        return self.fixed_seconds + self.seconds_per_tomogram * self.n_tomograms
-
-    @property
-    def ok(self) -> bool:
-        return self.projected_seconds <= self.limit_seconds
-
-    def report(self) -> str:
-        """Per-run table, the projection and one ``OK``/``OVER`` line."""
-        lines = [f"{'run':<24} {'shape z,y,x':>16} {'seconds':>9}"]
-        for run, seconds in self.run_seconds.items():
-            lines.append(f"{run:<24} {'x'.join(map(str, self.run_shapes_zyx[run])):>16} {seconds:>9.2f}")
-        hours, limit_hours = self.projected_seconds / 3600, self.limit_seconds / 3600
-        lines += [
-            f"per full-size tomogram: {self.seconds_per_tomogram:.2f} s; fixed: {self.fixed_seconds:.1f} s",
-            (f"projected for {self.n_tomograms} tomograms: {hours:.2f} h of the {limit_hours:g} h limit "
-             f"({100 * hours / limit_hours:.0f}%)"),
-            f"{'OK' if self.ok else 'OVER'}: projected {hours:.2f} h {'<=' if self.ok else '>'} {limit_hours:g} h",
-        ]
-        return "\n".join(lines)
-
-
-def project_runtime(
-    manifest: Mapping[str, Any],
-    *,
-    n_tomograms: int = HIDDEN_TEST_TOMOGRAMS,
-    limit_hours: float = KAGGLE_LIMIT_HOURS,
-    full_shape_zyx: Sequence[int] | None = None,
-) -> RuntimeProjection:
-    """Project an inference manifest's ``timings`` (and ``total_seconds``) to ``n_tomograms`` runs.
-
-    ``full_shape_zyx`` defaults to a real CZII tomogram (184×630×630 at level 0) at the manifest's
-    pyramid ``level``.
-    """
-    timings = manifest.get("timings") or {}
-    if not timings:
-        raise DataError("the inference manifest has no per-run timings to project from")
-    level = int(manifest.get("level", 0))
-    full = tuple(full_shape_zyx) if full_shape_zyx is not None else tuple(
-        math.ceil(s / 2**level) for s in CZII_SHAPE_ZYX)
-    run_seconds = {run: float(sum(info["seconds"].values())) for run, info in timings.items()}
-    shapes = {run: tuple(int(s) for s in info["shape_zyx"]) for run, info in timings.items()}
-    scaled = [run_seconds[run] * math.prod(full) / math.prod(shapes[run]) for run in timings]
-    total = float(manifest.get("total_seconds", sum(run_seconds.values())))
-    return RuntimeProjection(
-        run_seconds=run_seconds,
-        run_shapes_zyx=shapes,
-        seconds_per_tomogram=sum(scaled) / len(scaled),
-        fixed_seconds=max(0.0, total - sum(run_seconds.values())),
-        n_tomograms=n_tomograms,
-        limit_seconds=limit_hours * 3600,
-    )
