@@ -18,39 +18,24 @@ score >= t}``. Classes are independent, so each class's threshold maximises its 
 Without a grid every distinct candidate score is tried and the chosen threshold is the
 midpoint between the chosen score and the next lower one (same kept set, more margin).
 
-Recall-side tolerance: the chosen threshold is the *lowest* one whose F-beta is within
-``tolerance`` (absolute, :data:`TOLERANCE` by default) of the class's best. Out-of-fold
-curves are flat near their optimum and come from few runs, so the exact argmax often sits at a
-high threshold that new tomograms (lower SNR, other contrast: lower scores) fall below; β = 4
-makes the lost recall far costlier than the few extra false positives of a lower threshold.
-Measured on the CPU accuracy benchmark (two 15-minute ``cpu_tiny`` models, five held-out sets each;
-``benchmarks/ablation_cpu.md``), the mean weighted F4 over the sets at tolerance 0 / 0.02 / 0.05 / 0.1
-was 0.611 / 0.671 / 0.680 / 0.657 and 0.582 / 0.640 / 0.680 / 0.673 (ribosome's threshold 0.79 → 0.44);
-``tolerance=0`` is the exact argmax (ties to the lowest threshold). A class with no truth points,
-or whose F-beta is 0 at every threshold, keeps its default threshold.
+Recall-side tolerance: the chosen threshold is the *lowest* one whose F-beta is within ``tolerance``
+(absolute, :data:`TOLERANCE` by default) of the class's best, because out-of-fold curves are flat near
+their optimum and new tomograms score lower, and β = 4 makes lost recall far costlier than a few more false
+picks; ``tolerance=0`` is the exact argmax (ties to the lowest threshold). A class with no truth points, or
+whose F-beta is 0 at every threshold, keeps its default threshold.
 
-Score margin: no threshold lies below ``margin`` (:data:`MARGIN` by default) times the score of the
-weakest truth point it keeps (on a grid: the grid's next value). Where every true particle of a class
-scores near 1 the out-of-fold curve is flat from the weakest false pick up to 1, and its lowest end
-keeps the false picks of new tomograms that hold far more background than the small out-of-fold
-runs: on the 184×630×630 benchmark tomogram virus-like particles scored ≈ 1.0 while 125 false ones
-scored 0.11–0.18 under a tuned threshold of 0.094. The margin only raises a threshold, never past a
-kept truth point, so out-of-fold recall stays. Over five 15-minute ``cpu_15min`` runs the margin 0.5
-moved the mean weighted F4 of the four small held-out sets from 0.874 to 0.875 and the 184×630×630
-tomogram from 0.787 to 0.847, 0.788 to 0.801 and 0.725 to 0.752 (``benchmarks/ablation_cpu.md`` v9);
-``margin=0`` turns it off.
+Score margin: no threshold lies below ``margin`` (:data:`MARGIN` by default) times the score of the weakest
+truth point it keeps (on a grid: the grid's next value), because where every true particle scores near 1 the
+curve's lowest end keeps the false picks of tomograms with far more background than the out-of-fold runs.
+It only raises a threshold, never past a kept truth point; ``margin=0`` turns it off.
 
-Bagging over runs: the thresholds are the mean of those tuned (as above) on ``bootstrap``
-(:data:`BOOTSTRAP` by default) resamples of the truth runs drawn with replacement (a fixed seed, so
-the file is reproducible; ``bootstrap=0`` tunes once on the runs as they are). A class with ten
-out-of-fold particles (beta-galactosidase in five small runs) has an F-beta curve whose argmax one
-particle moves from 0.2 to 0.7; averaging over resamples keeps what the runs agree on. Re-tuned
-on the saved out-of-fold candidates of 17 CPU benchmark runs (seven configs, one to three seeds,
-5 and 15 minutes; ``benchmarks/ablation_cpu.md`` v11) and scored on their saved held-out candidates,
-the mean weighted F4 of the four held-out sets rose by 0.010 on average against a single tuning: up
-in 15 runs, within 0.0005 in two, down in none (the median of the resampled thresholds instead of
-the mean gave +0.002); a run made afterwards with it tied (0.906 either way).
-With one run (or one fold) every resample is that run, and the result is the single tuning.
+Bagging over runs: the thresholds are the mean of those tuned (as above) on ``bootstrap`` (:data:`BOOTSTRAP`
+by default) resamples of the truth runs drawn with replacement (a fixed seed, so the file is reproducible;
+``bootstrap=0`` tunes once), because a class with ten out-of-fold particles has an argmax that one particle
+moves. With one run (or one fold) every resample is that run, and the result is the single tuning.
+
+The measured effect of each rule is in ``benchmarks/ablation_cpu.md`` (tolerance: v3, margin: v9, bagging:
+v11).
 """
 
 from __future__ import annotations
