@@ -27,6 +27,18 @@ from czii.particles import BY_NAME, PARTICLE_NAMES, known_names, total_weight
 from czii.picks import XYZ, check_picks_table, neighbours, preview, unknown_particle_types
 
 TABLE_COLUMNS: tuple[str, ...] = ("tp", "fp", "fn", "precision", "recall", "f_beta", "weight")
+BETA: float = 4.0  # the competition's: recall weighs 16 times precision
+
+
+def precision_recall_fbeta(tp, kept, n_truth, beta: float = BETA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elementwise precision = tp / kept, recall = tp / n_truth and F-beta, each 0 where its denominator is 0:
+    the metric's per-class numbers and the threshold tuner's curves."""
+    tp, kept, n_truth = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (tp, kept, n_truth)))
+    precision = np.divide(tp, kept, out=np.zeros(tp.shape), where=kept > 0)
+    recall = np.divide(tp, n_truth, out=np.zeros(tp.shape), where=n_truth > 0)
+    denom = beta**2 * precision + recall
+    f_beta = np.divide((1 + beta**2) * precision * recall, denom, out=np.zeros(tp.shape), where=denom > 0)
+    return precision, recall, f_beta
 
 
 @dataclass
@@ -35,7 +47,7 @@ class ScoreReport:
 
     score: float
     table: pd.DataFrame
-    beta: float = 4.0
+    beta: float = BETA
 
     def to_dict(self) -> dict:
         """JSON-ready: ``{"score", "beta", "classes": {name: {tp, fp, fn, precision, recall, f_beta, weight}}}``."""
@@ -58,7 +70,7 @@ def score(
     solution: pd.DataFrame,
     submission: pd.DataFrame,
     *,
-    beta: float = 4.0,
+    beta: float = BETA,
     distance_multiplier: float = 0.5,
 ) -> ScoreReport:
     """Score ``submission`` against ``solution`` (both: experiment, particle_type, x, y, z in Å)."""
@@ -93,9 +105,7 @@ def score(
     rows = []
     for name in classes:
         tp, fp, fn = (int(v) for v in counts[name])
-        precision = tp / (tp + fp) if tp + fp > 0 else 0.0
-        recall = tp / (tp + fn) if tp + fn > 0 else 0.0
-        f_beta = (1 + beta**2) * precision * recall / (beta**2 * precision + recall) if precision + recall > 0 else 0.0
+        precision, recall, f_beta = (float(v) for v in precision_recall_fbeta(tp, tp + fp, tp + fn, beta))
         rows.append((tp, fp, fn, precision, recall, f_beta, BY_NAME[name].weight))
     table = pd.DataFrame(rows, index=pd.Index(classes, name="particle_type"), columns=list(TABLE_COLUMNS))
     total = float((table["f_beta"] * table["weight"]).sum() / total_weight(classes))

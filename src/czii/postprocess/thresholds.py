@@ -51,6 +51,7 @@ import pandas as pd
 
 from czii.errors import ConfigError, DataError
 from czii.io import check_output
+from czii.metric import precision_recall_fbeta
 from czii.particles import BY_NAME, PARTICLE_NAMES, get_particle, known_names, total_weight
 from czii.picks import check_picks_table, neighbours, read_picks_csv
 from czii.predictor import (
@@ -62,7 +63,6 @@ from czii.predictor import (
 )
 from czii.rundir import RunDir, check_finished, writing
 
-BETA: float = 4.0
 TOLERANCE: float = 0.05  # F-beta a class may give up for a lower (recall-side) threshold, see the module docstring
 MARGIN: float = 0.5  # no threshold below this share of the score of the weakest truth point it keeps, ditto
 BOOTSTRAP: int = 50  # run resamples whose tuned thresholds are averaged, ditto; 0 = tune once
@@ -361,15 +361,6 @@ def _count_at_least(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return len(values) - np.searchsorted(np.sort(values), thresholds, side="left")
 
 
-def _prf(tp, kept, n_truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tp, kept, n_truth = (np.asarray(a, dtype=np.float64) for a in (tp, kept, n_truth))
-    tp, kept, n_truth = np.broadcast_arrays(tp, kept, n_truth)
-    precision = np.divide(tp, kept, out=np.zeros(tp.shape), where=kept > 0)
-    recall = np.divide(tp, n_truth, out=np.zeros(tp.shape), where=n_truth > 0)
-    denom = BETA**2 * precision + recall
-    f_beta = np.divide((1 + BETA**2) * precision * recall, denom, out=np.zeros(tp.shape), where=denom > 0)
-    return precision, recall, f_beta
-
 
 def _curve(per_run: dict, runs: Sequence[str], grid: np.ndarray | None) -> pd.DataFrame:
     best = np.concatenate([per_run[r][0] for r in runs] or [np.zeros(0)])
@@ -377,7 +368,7 @@ def _curve(per_run: dict, runs: Sequence[str], grid: np.ndarray | None) -> pd.Da
     thr = np.unique(scores) if grid is None else grid
     tp = _count_at_least(best, thr)
     kept = _count_at_least(scores, thr)
-    precision, recall, f_beta = _prf(tp, kept, len(best))
+    precision, recall, f_beta = precision_recall_fbeta(tp, kept, len(best))
     return pd.DataFrame(
         {"threshold": thr, "tp": tp, "fp": kept - tp, "fn": len(best) - tp,
          "precision": precision, "recall": recall, "f_beta": f_beta}
@@ -440,7 +431,8 @@ def _table(prep: _Prepared, classes: list[str], thr_of: Callable[[str], Mapping[
         n_truth = sum(len(best) for best, _ in prep[name].values())
         rows.append((name, get_particle(name).weight, n_truth, kept, tp, kept - tp, n_truth - tp))
     table = pd.DataFrame(rows, columns=["particle_type", "weight", "n_truth", "n_kept", "tp", "fp", "fn"])
-    table["precision"], table["recall"], table["f_beta"] = _prf(table["tp"], table["n_kept"], table["n_truth"])
+    table["precision"], table["recall"], table["f_beta"] = precision_recall_fbeta(table["tp"], table["n_kept"],
+                                                                                  table["n_truth"])
     return table
 
 
