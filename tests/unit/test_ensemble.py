@@ -121,3 +121,10 @@ def test_averaged_certain_probabilities_stay_within_0_1():
     out = predict_volume(members, _volume(2), tile_zyx=TILE, overlap=0.5, tta="flips_rot90")
     assert out.max() <= 1.0 and out.min() >= 0.0
     np.testing.assert_allclose(out[1], 1.0, atol=1e-6)
+
+
+def test_a_tile_side_off_the_stride_is_refused_naming_the_member_and_the_axis():
+    """Stride 16: a tile of 16 × 24 × 32 has a y side of 24, not a multiple of 16."""
+    member = _member(_conv(len(CLASSES), 0), "m0")
+    with pytest.raises(ConfigError, match=r"tile side 24 along y \(tile \[16, 24, 32\]\).*'m0'.*stride 16"):
+        predict_volume([member], _volume(), tile_zyx=(16, 24, 32))

@@ -79,6 +79,18 @@ def check_compatible(members: Sequence[EnsembleMember]) -> None:
             raise ConfigError(problem)
 
 
+def check_tile(members: Sequence[EnsembleMember], tile_zyx: Sequence[int]) -> None:
+    """Refuse (ConfigError) a tile with a side that is not a multiple of some member's stride: the network
+    could not run on it."""
+    for m in members:
+        for axis, side in zip("zyx", tile_zyx):
+            if side % m.stride:
+                raise ConfigError(
+                    f"tile side {side} along {axis} (tile {list(tile_zyx)}) is not a multiple of member {m.name!r}'s "
+                    f"stride {m.stride}; choose tile sides that are multiples of every member's stride"
+                )
+
+
 class _EnsemblePredictor:
     """Tile batch [B, C_in, z, y, x] → ensemble × TTA mean probabilities [B, C, z, y, x] float32."""
 
@@ -169,13 +181,7 @@ def predict_volume(
             f"volume has {volume_czyx.shape[0]} channel(s) but the models expect "
             f"{len(input_channels)}: {', '.join(input_channels)}"
         )
-    for m in members:
-        for axis, side in zip("zyx", tile_zyx):
-            if side % m.stride:
-                raise ConfigError(
-                    f"tile side {side} along {axis} is not a multiple of member {m.name!r}'s stride "
-                    f"{m.stride}; choose tile sides that are multiples of every member's stride"
-                )
+    check_tile(members, tile_zyx)
     stride = math.lcm(*(m.stride for m in members))
     on_cuda = device.type == "cuda"
     predictor = _EnsemblePredictor(

@@ -26,7 +26,7 @@ from czii.data import Dataset, TomogramFolder
 from czii.data.normalize import InputPlan, load_run_input, plan_input
 from czii.errors import ConfigError
 from czii.geometry import same_spacing
-from czii.inference.ensemble import EnsembleMember, check_compatible, predict_volume
+from czii.inference.ensemble import EnsembleMember, check_compatible, check_tile, predict_volume
 from czii.inference.onnx_members import load_onnx_member
 from czii.models import load_checkpoint, read_checkpoint
 from czii.postprocess.peaks import detect_peaks
@@ -113,11 +113,7 @@ class Predictor:
                      metas: Sequence[dict] | None = None) -> Predictor:
         """A predictor of in-memory members (e.g. the model being trained); checks the tile against their strides."""
         check_compatible(members)
-        for m in members:
-            bad = [t for t in spec.tiling.tile_zyx if t % m.stride]
-            if bad:
-                raise ConfigError(f"tiling.tile_zyx {spec.tiling.tile_zyx}: every side must be a multiple of member "
-                                  f"{m.name!r}'s stride {m.stride}")
+        check_tile(members, spec.tiling.tile_zyx)
         metas = list(metas or [{} for _ in members])
         spacing = _members_spacing([m.name for m in members], metas, spec.input.spacing_zyx_A)
         spec = dataclasses.replace(spec, input=dataclasses.replace(spec.input, spacing_zyx_A=spacing))
