@@ -34,10 +34,11 @@ def precision_recall_fbeta(tp, kept, n_truth, beta: float = BETA) -> tuple[np.nd
     """Elementwise precision = tp / kept, recall = tp / n_truth and F-beta, each 0 where its denominator is 0:
     the metric's per-class numbers and the threshold tuner's curves."""
     tp, kept, n_truth = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (tp, kept, n_truth)))
-    precision = np.divide(tp, kept, out=np.zeros(tp.shape), where=kept > 0)
-    recall = np.divide(tp, n_truth, out=np.zeros(tp.shape), where=n_truth > 0)
+    # counts are whole numbers ≥ 0: where a denominator is 0 so is tp, and dividing by max(count, 1) gives 0
+    precision = tp / np.maximum(kept, 1.0)
+    recall = tp / np.maximum(n_truth, 1.0)
     denom = beta**2 * precision + recall
-    f_beta = np.divide((1 + beta**2) * precision * recall, denom, out=np.zeros(tp.shape), where=denom > 0)
+    f_beta = (1 + beta**2) * precision * recall / np.where(denom > 0, denom, 1.0)
     return precision, recall, f_beta
 
 

@@ -22,7 +22,7 @@ from czii.formats.mrc import read_mrc, write_mrc
 from czii.formats.omezarr import read_ome_zarr, write_ome_zarr
 from czii.formats.tomogram import find_tomograms, is_tomogram_source
 from czii.inference.tiling import axis_starts, blend_window
-from czii.metric import score
+from czii.metric import precision_recall_fbeta, score
 from czii.picks import check_picks_table, neighbours, read_picks_csv
 from czii.postprocess.peaks import detect_peaks
 from czii.predictor import check_recorded_hash
@@ -69,10 +69,19 @@ def test_a_class_without_picks_or_truth_reports_zero_precision_and_recall():
     ribo = report.table.loc["ribosome"]
     assert (ribo.tp, ribo.fp, ribo.fn, ribo.precision, ribo.recall) == (0, 0, 1, 0.0, 0.0)
     apo = report.table.loc["apo-ferritin"]  # absent from the solution: its picks are ignored
-    assert (apo.tp, apo.fp, apo.fn, apo.precision, apo.recall) == (0, 0, 0, 0.0, 0.0)
+    assert (apo.tp, apo.fp, apo.fn, apo.precision, apo.recall, apo.f_beta) == (0, 0, 0, 0.0, 0.0, 0.0)
+    assert ribo.f_beta == 0.0
     assert report.table.index.name == "particle_type"
     assert report.to_dict()["beta"] == 4.0
     assert score(truth, pred, beta=2.0).to_dict()["beta"] == 2.0
+
+
+def test_f_beta_of_a_small_denominator_by_hand():
+    """1 of 10 truths found with 100 kept: P 0.01, R 0.1, F4 = 17 · 0.001 / (16 · 0.01 + 0.1) = 0.017 / 0.26."""
+    precision, recall, f_beta = precision_recall_fbeta(1, 100, 10)
+    assert (precision, recall) == pytest.approx((0.01, 0.1))
+    assert f_beta == pytest.approx(17 * 0.001 / 0.26)
+    assert precision_recall_fbeta(1, 1, 1) == (1.0, 1.0, 1.0)
 
 
 def test_duplicate_solution_points_are_refused_even_when_only_two_rows_share_a_position():
