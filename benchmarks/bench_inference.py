@@ -35,7 +35,7 @@ from czii.config import ModelConfig, load_config
 from czii.geometry import CZII_SHAPE_ZYX
 from czii.io import atomic_write_text
 from czii.inference import EnsembleMember, plan_tiles, predict_volume
-from czii.registry import resolve_tta
+from czii.registry import RUNTIMES, resolve_tta
 from czii.inference.onnx_members import OnnxModel, export_onnx, onnx_path, onnx_session
 from czii.models import build_model, save_checkpoint, stride
 from czii.particles import PARTICLE_NAMES
@@ -72,7 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tta", default=None, help="TTA preset or comma-separated names for the ensemble run "
                    "(default: the config's infer.tta, else flips)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--runtime", choices=("torch", "compiled", "onnx"), default="torch",
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="members as torch modules, torch.compile'd ones, or ONNX exports run by onnxruntime")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak used for the FLOP floor")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import json
+import os
 import re
 import subprocess
 import sys
@@ -52,8 +53,9 @@ def canonical(name: str) -> str:
 
 def needed() -> dict[str, str]:
     """{distribution: installed version} the check imports and the device lacks."""
-    modules = json.loads(subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, check=True, capture_output=True,
-                                        text=True, env={"PYTHONPATH": str(ROOT / "src")}).stdout.splitlines()[-1])
+    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, check=True, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    modules = json.loads(probe.stdout.splitlines()[-1])
     owners = md.packages_distributions()
     dists = {canonical(d) for m in modules for d in owners.get(m, [])} - {"czii"}
     return {d: md.version(d) for d in sorted(dists) if d not in DEVICE_PROVIDES or d in PINNED_OVER_DEVICE}

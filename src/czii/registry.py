@@ -33,6 +33,7 @@ TTA_PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 BLEND_MODES: tuple[str, ...] = ("gaussian", "linear", "constant")
+RUNTIMES: tuple[str, ...] = ("torch", "compiled", "onnx")  # how members run: eager, torch.compile, onnxruntime
 PEAK_METHODS: tuple[str, ...] = ("maxpool", "cc3d")
 ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softmax")
 ENCODERS: tuple[str, ...] = (

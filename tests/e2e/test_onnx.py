@@ -8,12 +8,14 @@ on every voxel; the picks are the same (class, order), coordinates within 1e-3 Ã
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from czii.cli import main
+from czii.errors import ConfigError
 from czii.data import open_dataset
 from czii.inference.onnx_members import MAX_LOGIT_DIFF, onnx_path, read_export, sidecar_path
 from czii.inference.pipeline import manifest_path, resolve_predictor, run_inference
@@ -111,3 +113,17 @@ def test_compiled_members_give_the_probabilities_of_eager_ones(exported, tiny_si
     eager, compiled = Predictor.load(spec, "cpu"), Predictor.load(spec, "cpu", runtime="compiled")
     volume, _ = eager.load_input(dataset, run)
     assert np.abs(compiled.probabilities(volume) - eager.probabilities(volume)).max() <= 1e-5
+
+
+def test_without_the_onnx_extra_export_and_inference_say_what_to_install(exported, monkeypatch, capsys):
+    """sys.modules[name] = None makes ``import name`` fail as it does where the package is not installed."""
+    ckpt = exported / "fold0" / "checkpoints" / "best.pt"
+    before = onnx_path(ckpt).read_bytes()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["export-model", "--models", str(exported), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'onnxruntime'" in err and "pip install 'czii[onnx]'" in err
+    assert onnx_path(ckpt).read_bytes() == before
+    spec, _, _ = resolve_predictor(exported)
+    with pytest.raises(ConfigError, match=r"pip install 'czii\[onnx\]'"):
+        Predictor.load(spec, "cpu", runtime="onnx")

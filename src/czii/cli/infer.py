@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from czii.cli import add_device_argument, add_force_argument
-from czii.registry import TTA_PRESETS
+from czii.registry import RUNTIMES, TTA_PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="non-finite voxels: stop (error) or replace them by the finite mean (repair); "
                              "default: the spec's data.nan_policy")
     add_device_argument(parser)
-    parser.add_argument("--runtime", choices=("torch", "compiled", "onnx"), default="torch",
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch",
                         help="run the members with torch (default), through torch.compile (compiling takes a "
                              "while; pays off over many tomograms on a GPU), or their ONNX exports through "
                              "onnxruntime (`czii export-model --format onnx` first; CPU, CUDA or TensorRT providers)")

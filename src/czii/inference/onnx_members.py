@@ -15,6 +15,7 @@ them (CPU as the fallback), in that order.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 from datetime import datetime, timezone
@@ -64,8 +65,7 @@ def sidecar_path(onnx_file: str | Path) -> Path:
 def onnx_session(path: Path, device: torch.device):
     """An onnxruntime session of ``path`` on ``device``'s providers (module docstring); DataError naming a file it
     cannot load."""
-    import onnxruntime as ort
-
+    ort = _require("onnxruntime")
     wanted = ["CPUExecutionProvider"]
     if device.type == "cuda":
         wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *wanted]
@@ -94,6 +94,15 @@ class OnnxModel(torch.nn.Module):
         return torch.from_numpy(logits).to(x.device)
 
 
+def _require(module: str):
+    """``module``, or ConfigError saying how to install it: the ONNX packages are the optional ``onnx`` extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"the ONNX runtime needs the Python package {module!r}, which is not installed: "
+                          "pip install 'czii[onnx]' (onnxruntime, onnx, onnxscript)") from None
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporter's graph optimiser logs every pass at INFO level: keep that out of the command's output."""
@@ -115,6 +124,8 @@ def export_onnx(checkpoint: str | Path, *, overwrite: bool = False) -> tuple[Pat
     out = onnx_path(checkpoint)
     if not overwrite and (out.exists() or sidecar_path(out).exists()):
         raise DataError(f"{out}: exists; pass --overwrite to export {checkpoint} again")
+    for module in ("onnx", "onnxscript", "onnxruntime"):  # torch's exporter and the check need all three
+        _require(module)
     model, meta = load_checkpoint(checkpoint, "cpu")
     side = 2 * int(meta["stride"])
     tile = [side, side, side]

@@ -31,8 +31,7 @@ from czii.inference.onnx_members import load_onnx_member
 from czii.models import load_checkpoint, read_checkpoint
 from czii.postprocess.peaks import detect_peaks
 from czii.predictor import PredictorSpec, spec_from_config
-
-RUNTIMES = ("torch", "compiled", "onnx")
+from czii.registry import RUNTIMES
 
 
 def ensemble_member(model: torch.nn.Module, meta: dict[str, Any], *, weight: float = 1.0,
@@ -163,7 +162,7 @@ class Predictor:
         probs = self.probabilities(volume_czyx, progress)
         predict_s = time.perf_counter() - t0
         picks, peaks_s = self._peaks(run, probs, spacing_zyx_A, thresholds)
-        return picks, _run_info(volume_czyx, spacing_zyx_A, plan, (load_s, predict_s, peaks_s), picks)
+        return picks, _run_info(volume_czyx.shape, spacing_zyx_A, plan, (load_s, predict_s, peaks_s), picks)
 
     def predict_runs(self, dataset: Dataset | TomogramFolder, runs: Sequence[str],
                      thresholds: float | Mapping[str, float], progress: bool = False,
@@ -196,9 +195,9 @@ class Predictor:
                 predict_s = time.perf_counter() - t0
                 if behind is not None:
                     yield _finished(*behind)
-                behind = (run, (volume_czyx, spacing_zyx_A, plan, load_s, predict_s),
+                behind = (run, (volume_czyx.shape, spacing_zyx_A, plan, load_s, predict_s),
                           pool.submit(self._peaks, run, probs, spacing_zyx_A, thresholds))
-                del probs
+                del probs, volume_czyx
             if behind is not None:
                 yield _finished(*behind)
         finally:
@@ -216,10 +215,10 @@ class Predictor:
         return picks, time.perf_counter() - t0
 
 
-def _run_info(volume_czyx: np.ndarray, spacing_zyx_A, plan: InputPlan, seconds: tuple[float, float, float],
+def _run_info(shape_czyx: tuple[int, ...], spacing_zyx_A, plan: InputPlan, seconds: tuple[float, float, float],
               picks: pd.DataFrame) -> dict[str, Any]:
     return {
-        "shape_zyx": [int(s) for s in volume_czyx.shape[1:]],
+        "shape_zyx": [int(s) for s in shape_czyx[1:]],
         "spacing_zyx_A": [float(s) for s in spacing_zyx_A],
         "input": plan.to_dict(),
         "seconds": dict(zip(("load", "predict", "peaks"), seconds)),
@@ -228,6 +227,6 @@ def _run_info(volume_czyx: np.ndarray, spacing_zyx_A, plan: InputPlan, seconds: 
 
 
 def _finished(run: str, facts: tuple, peaks) -> tuple[str, pd.DataFrame, dict[str, Any]]:
-    volume_czyx, spacing_zyx_A, plan, load_s, predict_s = facts
+    shape_czyx, spacing_zyx_A, plan, load_s, predict_s = facts
     picks, peaks_s = peaks.result()
-    return run, picks, _run_info(volume_czyx, spacing_zyx_A, plan, (load_s, predict_s, peaks_s), picks)
+    return run, picks, _run_info(shape_czyx, spacing_zyx_A, plan, (load_s, predict_s, peaks_s), picks)
