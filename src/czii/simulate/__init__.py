@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["DEFAULT_REAL_PICKS_CSV", "PORTAL_OBJECT_NAMES", "PRESETS", "SIMULATOR_VERSION", "TEST_TOMO_TYPE",
-           "SimConfig", "SimResult", "simulate_dataset"]
+__all__ = ["DEFAULT_REAL_PICKS_CSV", "FAMILIES", "PORTAL_OBJECT_NAMES", "PRESETS", "SIMULATOR_VERSION",
+           "TEST_TOMO_TYPE", "SimConfig", "SimResult", "simulate_dataset"]
 
 
 def __getattr__(name: str):

@@ -59,11 +59,16 @@ from tqdm import tqdm
 from czii.formats.omezarr import write_ome_zarr
 from czii.formats.picks_json import picks_document, write_picks_json
 from czii.simulate.imaging import TOMO_TYPES, Imaging, image_tomograms
+from czii.simulate.shapes import DECOY_KINDS, PARTICLE_MODELS
 from czii.simulate.scene import (
     REAL_PICKS_PER_RUN,
+    ParticleStyle,
     Scene,
+    add_carbon_edge,
+    add_decoys,
+    add_gold,
+    add_ice,
     add_membranes,
-    add_others,
     load_real_picks,
     new_scene,
     place_random_particles,
@@ -103,6 +108,43 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Knobs drawn per run from a (low, high) range, and the values they may take.
+RANGES: dict[str, tuple[float, float]] = {
+    "intensity_scale_log10": (-math.inf, math.inf),
+    "intensity_offset": (-math.inf, math.inf),
+    "tilt_range_deg": (1.0, 89.0),
+    "tilt_axis_deg": (-90.0, 90.0),
+    "defocus_um": (0.1, 20.0),
+    "noise_exponent": (-3.0, 3.0),
+    "filter_scale": (0.0, 5.0),
+}
+# Knobs that are fractions or probabilities, and their largest allowed value.
+FRACTIONS: dict[str, float] = {
+    "subunit_jitter": 0.2, "particle_warp": 0.2, "particle_density_jitter": 1.0, "decoy_near_fraction": 1.0,
+    "carbon_edge_rate": 1.0, "ctf_corrected_rate": 1.0, "sign_flip_rate": 1.0,
+}
+
+
+# Worlds for out-of-family tests: each family makes a disjoint choice of particle models, decoys and
+# imaging (defocus, CTF correction, reconstruction filter, noise colour, missing wedge, contrast sign);
+# what they share (subunit jitter, warp, density spread, decoys beside particles, ice, carbon) is WORLD.
+WORLD: dict = {
+    "subunit_jitter": 0.05, "particle_warp": 0.05, "particle_density_jitter": 0.2, "decoy_near_fraction": 0.3,
+    "ice_rate": 1.0, "carbon_edge_rate": 0.3, "tilt_axis_deg": (-90.0, 90.0),
+}
+FAMILIES: dict[str, dict] = {
+    "A": {**WORLD, "particle_models": (0,), "decoys": ("blob", "shell"), "defocus_um": (2.5, 3.5),
+          "ctf_corrected_rate": 1.0, "filter_scale": (0.8, 1.2), "noise_exponent": (-0.2, 0.2),
+          "tilt_range_deg": (57.0, 63.0), "tilt_axis_deg": (-5.0, 5.0)},
+    "B": {**WORLD, "particle_models": (1,), "decoys": ("cluster", "rod"), "defocus_um": (1.0, 2.5),
+          "ctf_corrected_rate": 0.0, "filter_scale": (0.3, 0.7), "noise_exponent": (0.3, 0.8),
+          "tilt_range_deg": (45.0, 56.0), "sign_flip_rate": 0.5},
+    "C": {**WORLD, "particle_models": (2,), "decoys": ("aggregate", "filament"), "defocus_um": (3.5, 5.0),
+          "ctf_corrected_rate": 1.0, "filter_scale": (1.3, 1.8), "noise_exponent": (-0.8, -0.3),
+          "tilt_range_deg": (64.0, 70.0)},
+}
+
+
 def _is_copick_name(name: object) -> bool:
     return isinstance(name, str) and bool(name) and sanitize_name(name, suppress_warnings=True) == name
 
@@ -121,10 +163,24 @@ class SimConfig:
     types: tuple[str, ...] = TOMO_TYPES
     density_scale: float = 1.0
     min_per_class: int = 0
-    distractors_per_particle: float = 1.0
+    decoys_per_particle: float = 1.0
     membrane_rate: float = 1.0
     gold_rate: float = 1.0
-    tilt_range_deg: float = 60.0
+    particle_models: tuple[int, ...] = (0,)
+    subunit_jitter: float = 0.0
+    particle_warp: float = 0.0
+    particle_density_jitter: float = 0.0
+    decoys: tuple[str, ...] = ("blob",)
+    decoy_near_fraction: float = 0.0
+    ice_rate: float = 0.0
+    carbon_edge_rate: float = 0.0
+    tilt_range_deg: tuple[float, float] = (60.0, 60.0)
+    tilt_axis_deg: tuple[float, float] = (0.0, 0.0)
+    defocus_um: tuple[float, float] = (2.5, 4.5)
+    ctf_corrected_rate: float = 1.0
+    noise_exponent: tuple[float, float] = (0.0, 0.0)
+    filter_scale: tuple[float, float] = (1.0, 1.0)
+    sign_flip_rate: float = 0.0
     contrast: float = 1.0
     ice_gradient: float = 0.0
     intensity_scale_log10: tuple[float, float] = (-6.0, -3.0)
@@ -140,18 +196,27 @@ class SimConfig:
         try:
             fix("shape_zyx", tuple(int(v) for v in self.shape_zyx))
             fix("spacing_zyx_A", tuple(float(v) for v in np.broadcast_to(self.spacing_zyx_A, (3,))))
-            for name in ("intensity_scale_log10", "intensity_offset"):
-                low, high = (float(v) for v in getattr(self, name))
-                fix(name, (low, high))
         except (TypeError, ValueError):
             raise ConfigError(
-                f"SimConfig: shape_zyx and spacing_zyx_A must be 3 numbers, intensity_scale_log10 and "
-                f"intensity_offset 2 (low, high), got {self.shape_zyx!r}, {self.spacing_zyx_A!r}, "
-                f"{self.intensity_scale_log10!r}, {self.intensity_offset!r}"
+                f"SimConfig: shape_zyx and spacing_zyx_A must be 3 numbers, got {self.shape_zyx!r}, "
+                f"{self.spacing_zyx_A!r}"
             ) from None
-        if isinstance(self.types, str):
-            raise ConfigError(f"SimConfig: types must be a list of tomogram types, got the string {self.types!r}")
-        fix("types", tuple(self.types))
+        for name in RANGES:
+            value = getattr(self, name)
+            try:
+                low, high = (float(v) for v in np.broadcast_to(value, (2,)))  # one number: a fixed value
+            except (TypeError, ValueError):
+                raise ConfigError(f"SimConfig: {name} must be one number or 2 (low, high), got {value!r}") from None
+            fix(name, (low, high))
+        for name in ("types", "decoys"):
+            if isinstance(getattr(self, name), str):
+                raise ConfigError(f"SimConfig: {name} must be a list of names, got the string {getattr(self, name)!r}")
+            fix(name, tuple(getattr(self, name)))
+        try:
+            fix("particle_models", tuple(int(v) for v in self.particle_models))
+        except (TypeError, ValueError):
+            raise ConfigError(f"SimConfig: particle_models must be a list of model numbers, got "
+                              f"{self.particle_models!r}") from None
         fix("object_names", dict(self.object_names))
         fix("type_names", dict(self.type_names))
         fix("real_picks_csv", str(self.real_picks_csv))
@@ -175,16 +240,26 @@ class SimConfig:
             raise bad(f"snr must be a positive number, got {self.snr!r}")
         if not (math.isfinite(self.contrast) and self.contrast > 0):
             raise bad(f"contrast must be a positive number, got {self.contrast!r}")
-        for name in ("intensity_scale_log10", "intensity_offset"):
+        for name, (lowest, highest) in RANGES.items():
             low, high = getattr(self, name)
-            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-                raise bad(f"{name} must be (low, high) with low <= high, got {(low, high)}")
-        for name in ("density_scale", "distractors_per_particle", "membrane_rate", "gold_rate", "ice_gradient"):
+            if not (math.isfinite(low) and math.isfinite(high) and lowest <= low <= high <= highest):
+                raise bad(f"{name} must be (low, high) with {lowest:g} <= low <= high <= {highest:g}, "
+                          f"got {(low, high)}")
+        for name in ("density_scale", "decoys_per_particle", "membrane_rate", "gold_rate", "ice_gradient", "ice_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise bad(f"{name} must be a non-negative number, got {value!r}")
-        if not 0 < self.tilt_range_deg < 90:
-            raise bad(f"tilt_range_deg must be in (0, 90), got {self.tilt_range_deg}")
+        for name, highest in FRACTIONS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= highest):
+                raise bad(f"{name} must be a number in [0, {highest:g}], got {value!r}")
+        if not self.particle_models or set(self.particle_models) - set(PARTICLE_MODELS) or len(
+            set(self.particle_models)
+        ) != len(self.particle_models):
+            raise bad(f"particle_models must be distinct numbers from {list(PARTICLE_MODELS)}, "
+                      f"got {list(self.particle_models)}")
+        if not self.decoys or set(self.decoys) - set(DECOY_KINDS) or len(set(self.decoys)) != len(self.decoys):
+            raise bad(f"decoys must be distinct names from {list(DECOY_KINDS)}, got {list(self.decoys)}")
         if self.layout not in ("random", "real"):
             raise bad(f"layout must be 'random' or 'real', got {self.layout!r}")
         unknown = [t for t in self.types if t not in TOMO_TYPES]
@@ -205,14 +280,17 @@ class SimConfig:
                 raise bad(f"{option} gives two entries the same name: {written}")
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "SimConfig":
-        """The config of preset ``name`` (:data:`PRESETS`) with ``overrides`` applied."""
+    def preset(cls, name: str, family: str | None = None, **overrides) -> "SimConfig":
+        """The config of preset ``name`` (:data:`PRESETS`) in world ``family`` (:data:`FAMILIES`; None: the
+        default world) with ``overrides`` applied."""
         if name not in PRESETS:
             raise ConfigError(f"unknown simulator preset {name!r}; presets: {', '.join(PRESETS)}")
+        if family is not None and family not in FAMILIES:
+            raise ConfigError(f"unknown simulator family {family!r}; families: {', '.join(FAMILIES)}")
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown SimConfig fields {sorted(unknown)}")
-        return replace(cls(**PRESETS[name]), **overrides)
+        return replace(cls(**PRESETS[name]), **{**(FAMILIES[family] if family else {}), **overrides})
 
     def object_name(self, particle_type: str) -> str:
         """Name written in the data for canonical class ``particle_type``."""
@@ -283,6 +361,17 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
             )
 
 
+def _draw(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
+    """A value uniform in ``low_high``; a fixed value (low = high) draws nothing, so fixed knobs keep the stream."""
+    low, high = low_high
+    return float(rng.uniform(low, high)) if high > low else low
+
+
+def _happens(rng: np.random.Generator, rate: float) -> bool:
+    """True with probability ``rate``; rates of 0 and 1 draw nothing."""
+    return rate >= 1.0 or (rate > 0.0 and bool(rng.random() < rate))
+
+
 def _draw_run(
     config: SimConfig, run: str, index: int, rng: np.random.Generator, real: pd.DataFrame | None
 ) -> tuple[Scene, Imaging, float, dict]:
@@ -290,12 +379,16 @@ def _draw_run(
     scene = new_scene(config.shape_zyx, config.spacing_zyx_A, rng)
     volume_fraction = float(np.prod(config.shape_zyx) / np.prod(CZII_SHAPE_ZYX))
     params: dict = {"lamella": asdict(scene.lamella)}
+    if config.carbon_edge_rate and _happens(rng, config.carbon_edge_rate):
+        params["carbon_edge"] = asdict(add_carbon_edge(scene, rng))
+    style = ParticleStyle(config.particle_models, config.subunit_jitter, config.particle_warp,
+                          config.particle_density_jitter)
     if real is None:
         requested = {
             name: max(config.min_per_class, int(rng.poisson(mean * volume_fraction * config.density_scale)))
             for name, mean in REAL_PICKS_PER_RUN.items()
         }
-        placed = place_random_particles(scene, requested, rng)
+        placed = place_random_particles(scene, requested, rng, style)
         short = [name for name in PARTICLE_NAMES if placed[name] < config.min_per_class]
         if short:
             raise ConfigError(
@@ -307,26 +400,41 @@ def _draw_run(
     else:
         source_runs = sorted(real["experiment"].unique())
         source = source_runs[index % len(source_runs)]
-        params["real_source"] = {"run": source, **place_real_particles(scene, real[real["experiment"] == source], rng)}
+        placed_real = place_real_particles(scene, real[real["experiment"] == source], rng, style)
+        params["real_source"] = {"run": source, **placed_real}
     n_vesicles = int(rng.poisson(config.membrane_rate * (0.4 + 2.0 * volume_fraction)))
     n_patches = int(rng.poisson(config.membrane_rate * (0.3 + 1.5 * volume_fraction)))
     params["membranes"] = add_membranes(scene, n_vesicles, n_patches, rng)
     n_gold = int(rng.poisson(config.gold_rate * (0.3 + 4.0 * volume_fraction)))
-    n_distractors = int(rng.poisson(config.distractors_per_particle * max(len(scene.particles), 1)))
-    params["gold"], params["distractors"] = add_others(scene, n_gold, n_distractors, rng)
+    n_decoys = int(rng.poisson(config.decoys_per_particle * max(len(scene.particles), 1)))
+    params["gold"] = add_gold(scene, n_gold, rng)
+    params["decoys"] = add_decoys(scene, n_decoys, config.decoys, config.decoy_near_fraction, rng)
+    if config.ice_rate:
+        params["ice"] = add_ice(scene, int(rng.poisson(config.ice_rate * (0.3 + 2.0 * volume_fraction))), rng)
     params["particles"] = scene.counts()
+    params["particle_models"] = {
+        name: {m: sum(b.kind == name and b.model == m for b in scene.particles)
+               for m in map(str, config.particle_models)}
+        for name in PARTICLE_NAMES
+    }
     contrast = float(config.contrast * rng.uniform(0.8, 1.2))
     scale = float(10.0 ** rng.uniform(*config.intensity_scale_log10))
+    low_defocus, high_defocus = config.defocus_um
     imaging = Imaging(
-        defocus_A=float(rng.uniform(2.5e4, 4.5e4)),
+        defocus_A=float(rng.uniform(low_defocus * 1e4, high_defocus * 1e4)),
         bfactor_A2=float(rng.uniform(200.0, 800.0)),
         snr=float(config.snr * np.exp(rng.uniform(-0.35, 0.35))),
-        tilt_range_deg=config.tilt_range_deg,
+        tilt_range_deg=_draw(rng, config.tilt_range_deg),
         texture_std=float(rng.uniform(0.03, 0.08)),
         intensity_scale=scale,
         intensity_offset=float(rng.uniform(*config.intensity_offset) * scale),
         ice_gradient=config.ice_gradient,
         ice_angle_rad=float(rng.uniform(0.0, 2.0 * np.pi)) if config.ice_gradient else 0.0,
+        tilt_axis_deg=_draw(rng, config.tilt_axis_deg),
+        ctf_corrected=_happens(rng, config.ctf_corrected_rate),
+        noise_exponent=_draw(rng, config.noise_exponent),
+        filter_scale=_draw(rng, config.filter_scale),
+        sign=-1.0 if _happens(rng, config.sign_flip_rate) else 1.0,
     )
     params.update(particle_contrast=contrast, imaging=asdict(imaging))
     return scene, imaging, contrast, params

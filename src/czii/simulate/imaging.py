@@ -14,7 +14,8 @@ Missing wedge. The tilt axis is y and the beam runs along z at 0° tilt. By the 
 theorem a projection at tilt θ fills the Fourier plane spanned by ky and (kx, kz) ∝ (cos θ,
 −sin θ). Tilts within ±θmax therefore fill |kz| ≤ tan(θmax)·|kx| and the missing wedge is
 ``|kz| > tan(θmax)·|kx|`` for every ky: with θmax = 60° a double wedge of half-angle 30° around
-the kz axis, which elongates objects along z as in real tomograms.
+the kz axis, which elongates objects along z as in real tomograms. A tilt axis turned by β in
+the y-x plane (``tilt_axis_deg``) puts k⊥ = cos β·kx + sin β·ky in place of kx.
 
 Recipes, with T = sin(πλΔf·k² + φ) the phase-contrast CTF at 300 kV (λ = 0.0197 Å, amplitude
 contrast 0.07), E = exp(−B·k²/4) the envelope, W = T / (T² + 1/SSNR(k)) a Wiener CTF
@@ -34,6 +35,13 @@ A smooth random "cytosol texture" (std ``texture_std``, correlation ~50 Å) is a
 scene spectrum before imaging. An ice thickness gradient (``ice_gradient`` > 0) adds, after
 imaging and before the intensity mapping, a linear ramp across the y-x field of ± ``ice_gradient``
 times the tomogram's standard deviation.
+
+Per-run variations of the table (:class:`Imaging`, all off by default): denoised and
+isonetcorrected may keep their phase flips (``ctf_corrected`` false: W left out, as in a
+reconstruction without CTF correction); their low-pass widths are scaled by ``filter_scale``
+(0: none, from a raw-looking back-projection to a strongly denoised one); every noise colour is
+multiplied by ((k + k0) / (k_Nyquist + k0))^``noise_exponent`` with k0 = 0.1·k_Nyquist (blue for
+positive exponents, red for negative ones); ``sign`` −1 makes protein brighter than solvent.
 """
 
 from __future__ import annotations
@@ -53,9 +61,10 @@ SLAB = 8  # kz planes per block when building filters (bounds temporary memory)
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one tomogram type treats signal and noise (see the module table)."""
+    """How one tomogram type treats signal and noise (see the module table); ``ctf_corrected`` None: as the
+    run's imaging says (:attr:`Imaging.ctf_corrected`)."""
 
-    ctf_corrected: bool
+    ctf_corrected: bool | None
     signal_lowpass_A: float
     noise_ramp: bool
     noise_wiener: bool
@@ -65,10 +74,10 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "denoised": Recipe(True, 9.0, False, False, 14.0, 0.0, 1.0),
+    "denoised": Recipe(None, 9.0, False, False, 14.0, 0.0, 1.0),
     "wbp": Recipe(False, 0.0, True, False, 0.0, 0.0, 0.1),
     "ctfdeconvolved": Recipe(True, 0.0, True, True, 0.0, 0.0, 0.25),
-    "isonetcorrected": Recipe(True, 6.0, True, True, 8.0, 0.6, 0.5),
+    "isonetcorrected": Recipe(None, 6.0, True, True, 8.0, 0.6, 0.5),
 }
 TOMO_TYPES: tuple[str, ...] = tuple(RECIPES)
 
@@ -86,6 +95,11 @@ class Imaging:
     intensity_offset: float
     ice_gradient: float = 0.0
     ice_angle_rad: float = 0.0
+    tilt_axis_deg: float = 0.0  # in-plane angle of the tilt axis from y
+    ctf_corrected: bool = True  # whether denoised and isonetcorrected have their phase flips corrected
+    noise_exponent: float = 0.0  # noise colour: amplitude × ((k + k0) / (k_Nyquist + k0))^exponent
+    filter_scale: float = 1.0  # low-pass widths of denoised and isonetcorrected times this (0: none)
+    sign: float = 1.0  # −1: protein brighter than solvent
 
 
 class _Spectrum:
@@ -113,9 +127,14 @@ class _Spectrum:
     def k2(self, zs: slice) -> np.ndarray:
         return self.kz[zs, None, None] ** 2 + self.ky[None, :, None] ** 2 + self.kx[None, None, :] ** 2
 
-    def wedge(self, zs: slice, tilt_range_deg: float) -> np.ndarray:
-        """True inside the missing wedge, shape (slab, 1, nkx)."""
-        return np.abs(self.kz[zs, None, None]) > np.tan(np.radians(tilt_range_deg)) * np.abs(self.kx[None, None, :])
+    def wedge(self, zs: slice, tilt_range_deg: float, tilt_axis_deg: float = 0.0) -> np.ndarray:
+        """True inside the missing wedge, shape (slab, 1 or ny, nkx): ``|kz| > tan(θmax)·|k⊥|`` with k⊥ the
+        in-plane frequency across the tilt axis (kx for a tilt axis along y)."""
+        across = self.kx[None, None, :]
+        if tilt_axis_deg:
+            beta = np.radians(tilt_axis_deg)
+            across = np.float32(np.cos(beta)) * across + np.float32(np.sin(beta)) * self.ky[None, :, None]
+        return np.abs(self.kz[zs, None, None]) > np.tan(np.radians(tilt_range_deg)) * np.abs(across)
 
     def power(self, half_spectrum_block: np.ndarray) -> float:
         """Σ over the full spectrum of |F|² for this block of the half spectrum."""
@@ -133,18 +152,22 @@ def _filters(recipe: Recipe, imaging: Imaging, spec: _Spectrum, zs: slice) -> tu
     ctf = np.sin(np.float32(np.pi * WAVELENGTH_A * imaging.defocus_A) * k2 + np.float32(AMPLITUDE_PHASE))
     signal = np.exp(np.float32(-imaging.bfactor_A2 / 4.0) * k2) * ctf
     noise = np.ones_like(k2)
-    if recipe.ctf_corrected:
+    if imaging.noise_exponent:
+        k0 = np.float32(0.1 * spec.k_nyquist)
+        noise *= ((k + k0) / (np.float32(spec.k_nyquist) + k0)) ** np.float32(imaging.noise_exponent)
+    if imaging.ctf_corrected if recipe.ctf_corrected is None else recipe.ctf_corrected:
         wiener = ctf / (ctf**2 + np.exp(np.float32(100.0) * k) / np.float32(1000.0))
         signal *= wiener
         if recipe.noise_wiener:
             noise *= np.abs(wiener)
     if recipe.noise_ramp:
         noise *= 0.3 + 0.7 * k / np.float32(spec.k_nyquist)
-    if recipe.signal_lowpass_A:
-        signal *= _lowpass(k2, recipe.signal_lowpass_A)
-    if recipe.noise_lowpass_A:
-        noise *= _lowpass(k2, recipe.noise_lowpass_A)
-    wedge = np.where(spec.wedge(zs, imaging.tilt_range_deg), np.float32(recipe.wedge_fill), np.float32(1.0))
+    if recipe.signal_lowpass_A and imaging.filter_scale:
+        signal *= _lowpass(k2, recipe.signal_lowpass_A * imaging.filter_scale)
+    if recipe.noise_lowpass_A and imaging.filter_scale:
+        noise *= _lowpass(k2, recipe.noise_lowpass_A * imaging.filter_scale)
+    in_wedge = spec.wedge(zs, imaging.tilt_range_deg, imaging.tilt_axis_deg)
+    wedge = np.where(in_wedge, np.float32(recipe.wedge_fill), np.float32(1.0))
     return signal * wedge, noise * wedge
 
 
@@ -202,6 +225,6 @@ def image_tomograms(
         del spectrum
         if imaging.ice_gradient:
             volume += _ice_ramp(volume.shape, imaging.ice_angle_rad, imaging.ice_gradient * float(volume.std()))
-        volume *= np.float32(-imaging.intensity_scale)
+        volume *= np.float32(-imaging.intensity_scale * imaging.sign)
         volume += np.float32(imaging.intensity_offset)
         yield tomo_type, volume

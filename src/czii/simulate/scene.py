@@ -1,30 +1,27 @@
 """Scene model of the simulator: what lies where in one run, and its density volume.
 
 A scene is a lamella (a slab of background density with two parallel, slightly tilted faces)
-holding the six particle classes, crowding distractors (blobs of no class), membranes
-(vesicles and curved patches with a ~4 nm bilayer profile) and gold fiducials. Densities are
-"protein = 1" units above the solvent; imaging (:mod:`czii.simulate.imaging`) turns them
-into tomograms. Positions are x, y, z in Å (voxel index ``i`` is centred at ``i * spacing``).
+holding the six particle classes, decoys (non-target density of many shapes and sizes, some
+beside the particles), membranes (vesicles and curved patches with a ~4 nm bilayer profile),
+gold fiducials, ice contamination on the lamella faces and optionally a carbon edge covering one
+side of the field. Densities are "protein = 1" units above the solvent; imaging
+(:mod:`czii.simulate.imaging`) turns them into tomograms. Positions are x, y, z in Å (voxel
+index ``i`` is centred at ``i * spacing``).
 
-Particle shapes are analytic and sized so that every voxel with density lies within the
-class radius from :mod:`czii.particles`:
-
-- apo-ferritin: hollow spherical shell (cavity 0.65 × radius)
-- virus-like-particle: thin shell (inner 0.84 × radius) with packaged-RNA density inside
-- ribosome: large subunit ellipsoid + small subunit ellipsoid on one side
-- thyroglobulin: elongated dimer of two tilted ellipsoids
-- beta-galactosidase: four lobes in a D2 arrangement around a small core
-- beta-amylase: one small compact ellipsoid
+Particle models (three per class) and decoys are the analytic shapes of
+:mod:`czii.simulate.shapes`, sized so that every voxel with density lies within the class radius
+from :mod:`czii.particles`; :class:`ParticleStyle` says which models a run draws from, how much
+their subunits jitter and their bodies warp, and how much their density varies.
 
 Each object gets a uniformly random 3-D orientation (its sampling grid is rotated). Solid
 objects never overlap: centres are at least the sum of their radii apart (so are particles
-and membranes: a particle keeps ``radius + MEMBRANE_HALF_THICKNESS_A`` from the bilayer).
+and membranes: a particle keeps ``radius + MEMBRANE_HALF_THICKNESS_A`` from the bilayer; and
+the carbon: a solid keeps its radius from the carbon's edge).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,8 +30,10 @@ from scipy.spatial.transform import Rotation
 from czii.errors import DataError
 from czii.geometry import CZII_SHAPE_ZYX, CZII_SPACING_ZYX_A
 from czii.particles import BY_NAME, PARTICLE_NAMES, PARTICLES
+from czii.simulate.shapes import (
+    EDGE_A, Part, Warp, decoy_parts, decoy_radius, particle_parts, random_warp, render_parts, soft,
+)
 
-EDGE_A = 5.0  # soft-edge half width of every analytic shape
 GOLD_DENSITY = 8.0
 MEMBRANE_DENSITY = 0.9
 LEAFLET_OFFSET_A = 13.0  # head-group layers at ±13 Å, σ 5 Å: a bilayer ~4 nm thick
@@ -42,6 +41,7 @@ LEAFLET_SIGMA_A = 5.0
 MEMBRANE_HALF_THICKNESS_A = 25.0
 LAMELLA_EDGE_A = 40.0
 PLACEMENT_ATTEMPTS = 300
+NEAR_GAP_A = 20.0  # a decoy placed beside a particle stays within this gap of touching it
 MEMBRANE_ATTEMPTS = 100
 
 # Mean curated picks per class in one real 184×630×630 training run (the seven CZII runs).
@@ -54,75 +54,10 @@ REAL_PICKS_PER_RUN: dict[str, float] = {
     "virus-like-particle": 113 / 7,
 }
 
-Shape = Callable[[np.ndarray, float], np.ndarray]
-
-
-def _soft(signed_distance_A: np.ndarray) -> np.ndarray:
-    """Occupancy in [0, 1] from a signed distance (negative inside), linear over ±EDGE_A."""
-    return np.clip(0.5 - signed_distance_A / (2.0 * EDGE_A), 0.0, 1.0)
-
-
-def _ball(p: np.ndarray, center, radius_A: float) -> np.ndarray:
-    return _soft(np.linalg.norm(p - np.asarray(center, dtype=p.dtype), axis=1) - radius_A)
-
-
-def _ellipsoid(p: np.ndarray, center, semi_axes_A, rotation: np.ndarray | None = None) -> np.ndarray:
-    q = p - np.asarray(center, dtype=p.dtype)
-    if rotation is not None:
-        q = q @ rotation.astype(p.dtype)
-    semi = np.asarray(semi_axes_A, dtype=p.dtype)
-    return _soft((np.linalg.norm(q / semi, axis=1) - 1.0) * semi.max())
-
-
-def _rot_z(deg: float) -> np.ndarray:
-    return Rotation.from_euler("z", deg, degrees=True).as_matrix()
-
-
-def _apo_ferritin(p: np.ndarray, r: float) -> np.ndarray:
-    d = np.linalg.norm(p, axis=1)
-    return _soft(d - r) - _soft(d - 0.65 * r)
-
-
-def _virus_like_particle(p: np.ndarray, r: float) -> np.ndarray:
-    d = np.linalg.norm(p, axis=1)
-    return _soft(d - r) - _soft(d - 0.84 * r) + 0.35 * _soft(d - 0.6 * r)
-
-
-def _ribosome(p: np.ndarray, r: float) -> np.ndarray:
-    large = _ellipsoid(p, (0.0, 0.0, -0.16 * r), (0.7 * r, 0.62 * r, 0.55 * r))
-    small = _ellipsoid(p, (0.08 * r, 0.0, 0.56 * r), (0.6 * r, 0.4 * r, 0.28 * r))
-    return np.maximum(large, small)
-
-
-def _thyroglobulin(p: np.ndarray, r: float) -> np.ndarray:
-    semi = (0.52 * r, 0.33 * r, 0.3 * r)
-    left = _ellipsoid(p, (-0.45 * r, 0.0, 0.0), semi, _rot_z(20.0))
-    right = _ellipsoid(p, (0.45 * r, 0.0, 0.0), semi, _rot_z(-20.0))
-    return np.maximum(left, right)
-
-
-def _beta_galactosidase(p: np.ndarray, r: float) -> np.ndarray:
-    lobes = [_ball(p, (sx * 0.5 * r, sy * 0.3 * r, sx * sy * 0.1 * r), 0.4 * r) for sx in (-1, 1) for sy in (-1, 1)]
-    return np.maximum.reduce(lobes + [_ball(p, (0.0, 0.0, 0.0), 0.3 * r)])
-
-
-def _beta_amylase(p: np.ndarray, r: float) -> np.ndarray:
-    return _ellipsoid(p, (0.0, 0.0, 0.0), (r, 0.8 * r, 0.65 * r))
-
-
-SHAPES: dict[str, Shape] = {
-    "apo-ferritin": _apo_ferritin,
-    "beta-amylase": _beta_amylase,
-    "beta-galactosidase": _beta_galactosidase,
-    "ribosome": _ribosome,
-    "thyroglobulin": _thyroglobulin,
-    "virus-like-particle": _virus_like_particle,
-}
-
-
-def particle_density(name: str, points_xyz_A: np.ndarray) -> np.ndarray:
-    """Density of class ``name`` at body-frame points (N, 3) Å around its centre; zero beyond its radius."""
-    return SHAPES[name](points_xyz_A, BY_NAME[name].radius_A - EDGE_A)
+def particle_density(name: str, points_xyz_A: np.ndarray, variant: int = 0) -> np.ndarray:
+    """Density of model ``variant`` of class ``name`` at body-frame points (N, 3) Å; zero beyond its radius."""
+    return render_parts(particle_parts(name, BY_NAME[name].radius_A, variant, 0.0, 0.0, np.random.default_rng(0)),
+                        points_xyz_A)
 
 
 @dataclass(frozen=True)
@@ -172,22 +107,54 @@ class Membrane:
 
 @dataclass(frozen=True)
 class Blob:
-    """A solid object: a particle (``kind`` is its class), a ``"distractor"`` or ``"gold"``."""
+    """A solid object: a particle (``kind`` is its class), a decoy (``"decoy"``), ``"gold"`` or ``"ice"``."""
 
     kind: str
     center_xyz_A: np.ndarray
     radius_A: float
     rotation: np.ndarray
     density: float
-    lobes: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] = ()
+    parts: tuple[Part, ...]
+    warp: Warp | None = None
+    model: str = ""  # particles: the class model variant; decoys: the decoy kind
 
     def render(self, points_xyz_A: np.ndarray) -> np.ndarray:
         body = points_xyz_A @ self.rotation.astype(points_xyz_A.dtype)
-        if self.kind in SHAPES:
-            return self.density * particle_density(self.kind, body)
-        if self.kind == "gold":
-            return self.density * _ball(body, (0.0, 0.0, 0.0), self.radius_A - EDGE_A)
-        return self.density * np.maximum.reduce([_ellipsoid(body, c, s) for c, s in self.lobes])
+        if self.warp is not None:
+            body = self.warp.apply(body)
+        return self.density * render_parts(self.parts, body)
+
+
+@dataclass(frozen=True)
+class CarbonEdge:
+    """Carbon film beyond a line across the y-x field: where (x, y)·normal exceeds ``offset_A``, at ``density``."""
+
+    normal_xy: tuple[float, float]
+    offset_A: float
+    density: float
+
+    def depth_A(self, x_A: np.ndarray, y_A: np.ndarray) -> np.ndarray:
+        """Signed distance into the carbon (positive inside) of field points."""
+        return x_A * self.normal_xy[0] + y_A * self.normal_xy[1] - self.offset_A
+
+
+@dataclass(frozen=True)
+class ParticleStyle:
+    """How particles are drawn: allowed model variants, subunit jitter and warp (fractions of the radius), and
+    the spread of the per-particle density (its log is uniform in ±``density_jitter``)."""
+
+    models: tuple[int, ...] = (0,)
+    jitter: float = 0.0
+    warp: float = 0.0
+    density_jitter: float = 0.0
+
+    def make(self, name: str, center_xyz_A: np.ndarray, rng: np.random.Generator) -> Blob:
+        radius = BY_NAME[name].radius_A
+        variant = self.models[int(rng.integers(len(self.models)))] if len(self.models) > 1 else self.models[0]
+        parts = particle_parts(name, radius, variant, self.jitter, self.warp * radius, rng)
+        warp = random_warp(radius, self.warp * radius, rng) if self.warp else None
+        density = float(np.exp(rng.uniform(-self.density_jitter, self.density_jitter))) if self.density_jitter else 1.0
+        return Blob(name, center_xyz_A, radius, random_rotation(rng), density, parts, warp, str(variant))
 
 
 @dataclass
@@ -200,6 +167,7 @@ class Scene:
     particles: list[Blob] = field(default_factory=list)
     others: list[Blob] = field(default_factory=list)
     membranes: list[Membrane] = field(default_factory=list)
+    carbon: CarbonEdge | None = None
 
     @property
     def extent_xyz_A(self) -> np.ndarray:
@@ -217,6 +185,8 @@ class Scene:
             radii = np.array([b.radius_A for b in solids])
             if np.any(np.linalg.norm(centers - center_xyz_A, axis=1) < radii + radius_A):
                 return False
+        if self.carbon is not None and self.carbon.depth_A(center_xyz_A[0], center_xyz_A[1]) > -radius_A:
+            return False
         return all(m.distance_A(center_xyz_A)[0] >= radius_A + MEMBRANE_HALF_THICKNESS_A for m in self.membranes)
 
     def picks(self, run: str) -> pd.DataFrame:
@@ -263,7 +233,9 @@ def _sample_center(scene: Scene, radius_A: float, rng: np.random.Generator) -> n
     return np.array([x, y, np.clip(z, 0.0, ext[2])])
 
 
-def place_random_particles(scene: Scene, counts: dict[str, int], rng: np.random.Generator) -> dict[str, int]:
+def place_random_particles(
+    scene: Scene, counts: dict[str, int], rng: np.random.Generator, style: ParticleStyle = ParticleStyle()
+) -> dict[str, int]:
     """Add up to ``counts[class]`` particles per class at random free positions, largest classes first.
 
     Returns how many of each class could be placed (a crowded volume may take fewer).
@@ -274,7 +246,7 @@ def place_random_particles(scene: Scene, counts: dict[str, int], rng: np.random.
             for _ in range(PLACEMENT_ATTEMPTS):
                 center = _sample_center(scene, particle.radius_A, rng)
                 if scene.is_free(center, particle.radius_A):
-                    scene.particles.append(Blob(particle.name, center, particle.radius_A, random_rotation(rng), 1.0))
+                    scene.particles.append(style.make(particle.name, center, rng))
                     placed[particle.name] += 1
                     break
             else:
@@ -297,7 +269,9 @@ def load_real_picks(csv_path: str) -> pd.DataFrame:
     return df
 
 
-def place_real_particles(scene: Scene, real_run: pd.DataFrame, rng: np.random.Generator) -> dict:
+def place_real_particles(
+    scene: Scene, real_run: pd.DataFrame, rng: np.random.Generator, style: ParticleStyle = ParticleStyle()
+) -> dict:
     """Replicate one real run's picks in ``scene``.
 
     Mapping (documented in simulation.json): x and y are cropped to a random window of the
@@ -319,7 +293,7 @@ def place_real_particles(scene: Scene, real_run: pd.DataFrame, rng: np.random.Ge
         radius = BY_NAME[name].radius_A
         center = xyz[i]
         if np.all(center >= 0.0) and np.all(center <= ext) and scene.is_free(center, radius):
-            scene.particles.append(Blob(name, center, radius, random_rotation(rng), 1.0))
+            scene.particles.append(style.make(name, center, rng))
         else:
             dropped += 1
     return {"window_origin_xy_A": origin_xy, "z_scale": z_scale, "dropped": dropped}
@@ -355,33 +329,86 @@ def add_membranes(scene: Scene, n_vesicles: int, n_patches: int, rng: np.random.
     return added
 
 
-def add_others(scene: Scene, n_gold: int, n_distractors: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Add gold fiducials (radius 25–50 Å, very dense) and distractor blobs (radius 25–130 Å, one to
-    three lobes, density 0.4–1) at free positions; returns how many of each fitted."""
-    fitted = {"gold": 0, "distractor": 0}
-    for kind in ["gold"] * n_gold + ["distractor"] * n_distractors:
-        if kind == "gold":
-            radius = float(rng.uniform(25.0, 50.0))
-            lobes: tuple = ()
-            density = GOLD_DENSITY
+def _place(scene: Scene, blob_at, radius_A: float, rng: np.random.Generator, near: bool = False) -> bool:
+    """Put ``blob_at(center)`` at a free centre (beside a random particle when ``near``); False if none fitted."""
+    for _ in range(PLACEMENT_ATTEMPTS):
+        if near and scene.particles:
+            host = scene.particles[int(rng.integers(len(scene.particles)))]
+            direction = rng.standard_normal(3)
+            gap = host.radius_A + radius_A + rng.uniform(0.0, NEAR_GAP_A)
+            center = host.center_xyz_A + direction / np.linalg.norm(direction) * gap
+            if np.any(center < 0) or np.any(center > scene.extent_xyz_A):
+                continue
         else:
-            radius = float(np.exp(rng.uniform(np.log(25.0), np.log(130.0))))
-            reach = radius - EDGE_A
-            lobe_list = []
-            for _ in range(int(rng.integers(1, 4))):
-                semi = rng.uniform(0.35, 0.7, 3) * reach
-                offset = rng.standard_normal(3)
-                offset *= rng.uniform(0.0, reach - semi.max()) / np.linalg.norm(offset)
-                lobe_list.append((tuple(float(v) for v in offset), tuple(float(v) for v in semi)))
-            lobes = tuple(lobe_list)
-            density = float(rng.uniform(0.4, 1.0))
+            center = _sample_center(scene, radius_A, rng)
+        if scene.is_free(center, radius_A):
+            scene.others.append(blob_at(center))
+            return True
+    return False
+
+
+def add_gold(scene: Scene, n_gold: int, rng: np.random.Generator) -> int:
+    """Add gold fiducials (radius 25–50 Å, very dense) at free positions; returns how many fitted."""
+    fitted = 0
+    for _ in range(n_gold):
+        radius = float(rng.uniform(25.0, 50.0))
+        parts = (Part((0.0, 0.0, 0.0), (radius - EDGE_A,) * 3),)
+        def blob_at(center, radius=radius, parts=parts):
+            return Blob("gold", center, radius, random_rotation(rng), GOLD_DENSITY, parts)
+
+        fitted += _place(scene, blob_at, radius, rng)
+    return fitted
+
+
+def add_decoys(
+    scene: Scene, n_decoys: int, kinds: tuple[str, ...], near_fraction: float, rng: np.random.Generator
+) -> dict[str, int]:
+    """Add decoys (kinds of :data:`czii.simulate.shapes.DECOY_KINDS`, drawn evenly; density 0.4–1) at free
+    positions, a fraction ``near_fraction`` of them beside a particle (within 20 Å of touching it);
+    returns how many of each kind fitted."""
+    fitted = {kind: 0 for kind in kinds}
+    for _ in range(n_decoys):
+        kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+        radius = decoy_radius(kind, rng)
+        parts = decoy_parts(kind, radius, rng)
+        density = float(rng.uniform(0.4, 1.0))
+        near = bool(near_fraction) and rng.random() < near_fraction
+
+        def blob_at(center, radius=radius, parts=parts, density=density, kind=kind):
+            return Blob("decoy", center, radius, random_rotation(rng), density, parts, model=kind)
+
+        fitted[kind] += _place(scene, blob_at, radius, rng, near)
+    return fitted
+
+
+def add_ice(scene: Scene, n_ice: int, rng: np.random.Generator) -> int:
+    """Add ice contamination: dense balls (radius 150–400 Å, density 1.5–3) sitting on a lamella face."""
+    ext = scene.extent_xyz_A
+    fitted = 0
+    for _ in range(n_ice):
+        radius = float(rng.uniform(150.0, 400.0))
+        parts = (Part((0.0, 0.0, 0.0), (radius - EDGE_A,) * 3),)
+        density = float(rng.uniform(1.5, 3.0))
         for _ in range(PLACEMENT_ATTEMPTS):
-            center = _sample_center(scene, radius, rng)
+            x, y = rng.uniform(0.0, ext[0]), rng.uniform(0.0, ext[1])
+            faces = scene.lamella.faces_A(np.float64(x), np.float64(y))
+            center = np.array([x, y, faces[int(rng.integers(2))] + rng.uniform(-0.5, 0.5) * radius])
             if scene.is_free(center, radius):
-                scene.others.append(Blob(kind, center, radius, random_rotation(rng), density, lobes))
-                fitted[kind] += 1
+                scene.others.append(Blob("ice", center, radius, np.eye(3), density, parts))
+                fitted += 1
                 break
-    return fitted["gold"], fitted["distractor"]
+    return fitted
+
+
+def add_carbon_edge(scene: Scene, rng: np.random.Generator) -> CarbonEdge:
+    """Cover one side of the field with carbon film (density 1–2) up to a random line (10–40 % of the width)."""
+    ext = scene.extent_xyz_A
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    normal = (float(np.cos(angle)), float(np.sin(angle)))
+    width = abs(normal[0]) * ext[0] + abs(normal[1]) * ext[1]
+    far = max(normal[0] * ext[0], 0.0) + max(normal[1] * ext[1], 0.0)  # the field's largest (x, y)·normal
+    scene.carbon = CarbonEdge(normal, float(far - rng.uniform(0.1, 0.4) * width), float(rng.uniform(1.0, 2.0)))
+    return scene.carbon
 
 
 def _box(scene: Scene, lo_xyz_A: np.ndarray, hi_xyz_A: np.ndarray) -> tuple[slice, slice, slice] | None:
@@ -411,10 +438,13 @@ def render_density(scene: Scene, particle_contrast: float) -> np.ndarray:
     x_A = (np.arange(nx) * sx).astype(np.float32)[None, :]
     y_A = (np.arange(ny) * sy).astype(np.float32)[:, None]
     z_lo, z_hi = scene.lamella.faces_A(x_A, y_A)
+    fill = np.float32(scene.lamella.background)
+    if scene.carbon is not None:
+        fill = fill + scene.carbon.density * np.clip(scene.carbon.depth_A(x_A, y_A) / LAMELLA_EDGE_A + 0.5, 0, 1)
     for iz in range(nz):
         z_A = iz * sz
         inside = np.clip((z_A - z_lo) / LAMELLA_EDGE_A + 0.5, 0, 1) * np.clip((z_hi - z_A) / LAMELLA_EDGE_A + 0.5, 0, 1)
-        volume[iz] = scene.lamella.background * inside
+        volume[iz] = fill * inside
     for membrane in scene.membranes:
         lo, hi = membrane.bbox_xyz_A()
         box = _box(scene, lo, hi)
@@ -429,14 +459,14 @@ def render_density(scene: Scene, particle_contrast: float) -> np.ndarray:
             bilayer += np.exp(-((d + LEAFLET_OFFSET_A) ** 2) / (2 * LEAFLET_SIGMA_A**2))
             if membrane.half_angle < np.pi:
                 angle = np.arccos(np.clip((v @ membrane.axis.astype(np.float32)) / np.maximum(norm, 1e-6), -1, 1))
-                bilayer *= _soft(membrane.radius_A * (angle - membrane.half_angle))
+                bilayer *= soft(membrane.radius_A * (angle - membrane.half_angle))
             volume[sub] += (MEMBRANE_DENSITY * bilayer).reshape(volume[sub].shape)
     for blob in scene.solids():
         box = _box(scene, blob.center_xyz_A - blob.radius_A, blob.center_xyz_A + blob.radius_A)
         if box is None:
             continue
         density = blob.render(_box_points_xyz_A(scene, box, blob.center_xyz_A))
-        if blob.kind in SHAPES:
+        if blob.kind in BY_NAME:
             density *= particle_contrast
         volume[box] += density.reshape(volume[box].shape)
     return volume
