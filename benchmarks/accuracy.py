@@ -30,9 +30,12 @@ from pathlib import Path
 
 import torch
 
+from family_sets import family_sets, simulated
+from peer_topcup import run_topcup
+
 from czii.config import load_config, with_data_paths
 from czii.data import load_solution
-from czii.simulate import SIMULATOR_VERSION, SimConfig, simulate_dataset
+from czii.simulate import FAMILIES, SimConfig
 from czii.inference import run_inference
 from czii.metric import score
 from czii.postprocess.thresholds import tune_run_dir
@@ -55,14 +58,12 @@ TEST_SETS = {
 }
 
 
-def _simulate(folder: Path, overrides: dict) -> Path:
-    """``folder`` holding the "small" preset with ``overrides`` (simulated once, then reused while its config holds)."""
-    config = SimConfig.preset("small", **overrides)
-    recorded = folder / "simulation.json"
-    previous = json.loads(recorded.read_text()) if recorded.is_file() else {}
-    if previous.get("config") != config.to_dict() or previous.get("simulator_version") != SIMULATOR_VERSION:
-        simulate_dataset(folder, config, overwrite=True, progress=False)
-    return folder
+def _default_sets(work: Path, no_full: bool) -> tuple[Path, dict[str, Path]]:
+    """The training set's copick config and the Kaggle folder of each test set of the default benchmark."""
+    train = simulated(work / "sim_train", SimConfig.preset("small", **TRAIN)) / "copick_config.json"
+    tests = {name: simulated(work / f"sim_{name}", SimConfig.preset("small", **over)) / "kaggle"
+             for name, over in TEST_SETS.items() if not (no_full and name == "full")}
+    return train, tests
 
 
 def _kept(candidates, thresholds: dict[str, float]):
@@ -97,6 +98,29 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _scores(solution, candidates, thresholds: dict[str, dict[str, float]]) -> dict:
+    """Weighted F4 and the per-class table of ``candidates`` at each named threshold policy."""
+    reports = {policy: score(solution, _kept(candidates, thr)) for policy, thr in thresholds.items()}
+    return {policy: {"f4": r.score, "classes": r.to_dict()["classes"]} for policy, r in reports.items()}
+
+
+def _cell(row: dict) -> str:
+    return f"{row['f_beta']:.3f} ({row['tp']}/{row['tp'] + row['fn']}, {row['fp']} fp)"
+
+
+def _table(results: dict, columns: list[tuple[str, str]], key: str = "tuned") -> list[str]:
+    """Markdown rows: weighted F4 and per class for each (test set, method) column."""
+    first = results[columns[0][0]][columns[0][1]][key]
+    classes = list(first["classes"])
+    cell = [results[t][m][key] for t, m in columns]
+    return [
+        "| | " + " | ".join(f"{t} · {m}" for t, m in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        "| **weighted F4** | " + " | ".join(f"**{c['f4']:.3f}**" for c in cell) + " |",
+        *[f"| {name} | " + " | ".join(_cell(c["classes"][name]) for c in cell) + " |" for name in classes],
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/cpu_tiny.yaml")
@@ -110,20 +134,32 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "bench_accuracy")
     parser.add_argument("--no-full", action="store_true", help="skip the 184×630×630 test tomogram")
     parser.add_argument("--name", help="results file stem (default: accuracy_<config>_<N>min)")
+    parser.add_argument("--test-family", choices=list(FAMILIES),
+                        help="out-of-family benchmark: test on this simulator family, train on the others")
+    parser.add_argument("--train-families", nargs="+", choices=list(FAMILIES), help="default: every other family")
+    parser.add_argument("--family-seed", type=int, default=1, help="seed of the family datasets")
+    parser.add_argument("--topcup-python", type=Path, help="a Python with topcup installed: run TopCUP beside")
+    parser.add_argument("--topcup-helpers", type=Path, default=ROOT.parent / "shared" / "peers" / "topcup",
+                        help="the folder of TopCUP's CPU helpers (topcup_cpu.py, mk_config.py, …)")
+    parser.add_argument("--topcup-epochs", type=int, default=7)
     args = parser.parse_args()
 
     started = time.perf_counter()
-    train_sim = _simulate(args.work / "sim_train", TRAIN)
-    tests = {name: _simulate(args.work / f"sim_{name}", over) for name, over in TEST_SETS.items()
-             if not (args.no_full and name == "full")}
+    if args.test_family:
+        train_families = args.train_families or [f for f in FAMILIES if f != args.test_family]
+        train_data, tests = family_sets(args.work, train_families, args.test_family, args.family_seed)
+        train_static = train_data / "train" / "static" / "ExperimentRuns"
+    else:
+        train_data, tests = _default_sets(args.work, args.no_full)
+        train_static = train_data.parent / "kaggle" / "train" / "static" / "ExperimentRuns"
     sim_seconds = time.perf_counter() - started
 
-    runs = sorted(p.name for p in (train_sim / "kaggle" / "train" / "static" / "ExperimentRuns").iterdir())
+    runs = sorted(p.name for p in train_static.iterdir())
     folds = fold_layout(runs, args.folds, args.holdout)
     stem = args.name or f"accuracy_{Path(args.config).stem}_{args.minutes:g}min"
     config = with_data_paths(load_config(args.config, [
         *args.overrides, f"data.folds={json.dumps(folds)}", f"train.max_minutes={args.minutes / args.folds}",
-    ]), [train_sim / "copick_config.json"])
+    ]), [train_data])
     run_dir = args.work / "runs" / stem
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists: remove it or pass another --name")
@@ -139,50 +175,63 @@ def main() -> None:
     low = args.work / "runs" / f"{stem}_low_thresholds.json"
     classes = list(tuned.thresholds)
     save_thresholds(low, {c: CANDIDATE_THRESHOLD for c in classes}, report={})
-    results = {}
-    for name, folder in tests.items():
+    results: dict[str, dict] = {}
+    for name, kaggle in tests.items():
         t0 = time.perf_counter()
         out = args.work / "submissions" / f"{stem}_{name}.csv"
-        run_inference(run_dir, folder / "kaggle", split="test", out_csv=out, device="cpu", progress=False,
+        run_inference(run_dir, kaggle, split="test", out_csv=out, device="cpu", progress=False,
                       overwrite=True, thresholds=low)
         seconds = time.perf_counter() - t0
-        candidates = read_scored_submission(out)
-        solution = load_solution(folder / "kaggle" / "solution.csv")
-        reports = {policy: score(solution, _kept(candidates, thr))
-                   for policy, thr in (("tuned", tuned.thresholds), ("default", DEFAULT_THRESHOLDS))}
-        report = reports["tuned"]
-        results[name] = {"f4": report.score, "f4_default": reports["default"].score, "seconds": seconds,
-                         "classes": report.to_dict()["classes"]}
-        print(f"{name:8s} F4 {report.score:.3f} (default thresholds {reports['default'].score:.3f})  ({seconds:.0f} s)")
+        solution = load_solution(kaggle / "solution.csv")
+        scored = _scores(solution, read_scored_submission(out),
+                         {"tuned": tuned.thresholds, "default": DEFAULT_THRESHOLDS})
+        results[name] = {"czii": {**scored, "seconds": seconds}}
+        print(f"{name:13s} F4 {scored['tuned']['f4']:.3f} (default thresholds {scored['default']['f4']:.3f})  "
+              f"({seconds:.0f} s)")
+
+    peer = None
+    if args.topcup_python:
+        objects = next(p for p in (args.work / "sims").glob("*/copick_config.json")) if args.test_family else train_data
+        peer = run_topcup(args.topcup_python, args.topcup_helpers, objects, train_data if args.test_family
+                          else train_data.parent / "kaggle", tests, args.work / "topcup" / stem, args.topcup_epochs)
+        for name, kaggle in tests.items():
+            picks = read_scored_submission(Path(peer["tests"][name]["submission"]))
+            picks["score"] = 1.0  # TopCUP's own thresholds are applied already
+            scored = _scores(load_solution(kaggle / "solution.csv"), picks, {"tuned": {c: 0.0 for c in classes}})
+            results[name]["topcup"] = {**scored, "seconds": peer["tests"][name]["seconds"]}
+            print(f"{name:13s} TopCUP F4 {scored['tuned']['f4']:.3f}")
 
     machine = (f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
                f"({torch.get_num_threads()} threads), no GPU")
     doc = {"config": args.config, "overrides": args.overrides, "minutes": args.minutes, "folds": args.folds,
+           "test_family": args.test_family, "family_seed": args.family_seed if args.test_family else None,
            "held_out_runs": folds, "machine": machine, "epochs_per_fold": [h["done_epochs"] for h in histories],
            "simulate_seconds": sim_seconds, "train_seconds": train_seconds, "tune_seconds": tune_seconds,
            "oof": {"default": tuned.score_default, "cross_fitted": tuned.score_cross_fitted,
                    "in_sample": tuned.score_in_sample},
-           "spec_hash": tuned.spec_hash, "tests": results}
+           "spec_hash": tuned.spec_hash, "tests": results,
+           "topcup": {k: v for k, v in peer.items() if k != "tests"} if peer else None}
     out_dir = ROOT / "benchmarks" / "results"
     (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    names = list(results)
-    classes = list(next(iter(results.values()))["classes"])
+    methods = ["czii"] + (["topcup"] if peer else [])
+    columns = [(t, m) for t in results for m in methods]
+    family_line = (f"Trained on families {', '.join(train_families)} (family seed {args.family_seed}), "
+                   f"out-of-family = family {args.test_family}. " if args.test_family else "")
     lines = [
         f"# {stem}: `{args.config}` {' '.join(args.overrides)}, {args.minutes:g} min of training on {machine}",
         "",
-        f"{args.folds} folds holding out {folds}, epochs per fold {doc['epochs_per_fold']}; "
+        f"{family_line}{args.folds} folds holding out {folds}, epochs per fold {doc['epochs_per_fold']}; "
         f"train {train_seconds:.0f} s (data loading "
         f"and the out-of-fold pass included), tune {tune_seconds:.1f} s; out-of-fold F4 default "
-        f"{tuned.score_default:.3f}, cross-fitted {tuned.score_cross_fitted or float('nan'):.3f}.",
+        f"{tuned.score_default:.3f}, cross-fitted {tuned.score_cross_fitted or float('nan'):.3f}."
+        + (f" TopCUP: resnet10, {peer['epochs']} epochs, {peer['train_seconds']:.0f} s of training." if peer else ""),
         "",
-        "| test set | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-        "| **weighted F4** | " + " | ".join(f"**{results[n]['f4']:.3f}**" for n in names) + " |",
-        "| weighted F4 at the default thresholds (0.2) | "
-        + " | ".join(f"{results[n]['f4_default']:.3f}" for n in names) + " |",
-        *[f"| {c} | " + " | ".join(f"{results[n]['classes'][c]['f_beta']:.3f}" for n in names) + " |"
-          for c in classes],
-        "| inference s | " + " | ".join(f"{results[n]['seconds']:.0f}" for n in names) + " |",
+        "F-beta per class (found/particles, false picks) at the tuned thresholds:",
+        "",
+        *_table(results, columns),
+        "| weighted F4 at the default thresholds (0.2) | " + " | ".join(
+            f"{results[t]['czii']['default']['f4']:.3f}" if m == "czii" else "–" for t, m in columns) + " |",
+        "| inference s | " + " | ".join(f"{results[t][m]['seconds']:.0f}" for t, m in columns) + " |",
         "",
     ]
     (out_dir / f"{stem}.md").write_text("\n".join(lines))

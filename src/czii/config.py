@@ -101,6 +101,8 @@ class AugmentConfig:
     noise_std: float
     mixup_prob: float
     mixup_alpha: float
+    invert_prob: float = 0.0  # share of patches with the intensity sign flipped (data whose protein may be bright)
+    blur_sigma: float = 0.0  # Gaussian blur of σ ~ U(0, blur_sigma) voxels (stronger reconstruction filters)
 
 
 @dataclass
@@ -466,12 +468,15 @@ def _validate(config: Config, origins: _Origins) -> None:
         raise fail("loss.name", "softmax 'ce' needs label targets: set targets.kind to 'sphere' or 'point'")
     for key, value in (("patch.positive_fraction", config.patch.positive_fraction),
                        ("patch.jitter_fraction", config.patch.jitter_fraction),
-                       ("augment.mixup_prob", config.augment.mixup_prob)):
+                       ("augment.mixup_prob", config.augment.mixup_prob),
+                       ("augment.invert_prob", config.augment.invert_prob)):
         if not 0 <= value <= 1:
             raise fail(key, f"must be in [0, 1], got {value}")
     if config.augment.rot90_xy and config.patch.size_zyx[1] != config.patch.size_zyx[2]:
         raise fail("augment.rot90_xy", f"quarter turns in y-x need square y-x patches; patch.size_zyx is "
                    f"{config.patch.size_zyx}")
+    if not config.augment.blur_sigma >= 0:
+        raise fail("augment.blur_sigma", f"must be ≥ 0 voxels, got {config.augment.blur_sigma}")
     if config.augment.mixup_prob > 0 and config.augment.mixup_alpha <= 0:
         raise fail("augment.mixup_alpha", f"must be > 0 when mixup is on, got {config.augment.mixup_alpha}")
     if not 0 <= config.val.overlap < 1 or not 0 <= config.infer.overlap < 1:

@@ -96,6 +96,33 @@ def test_intensity_augmentations_toggle_and_change_the_input():
     assert out.shape == x.shape and not torch.allclose(out, x)
 
 
+def test_inversion_negates_the_patch_at_its_rate():
+    x = torch.randn(1, 4, 8, 8)
+    always = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, invert_prob=1.0)
+    assert torch.equal(augment_intensity(x, np.random.default_rng(0), always), -x)
+    half = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, invert_prob=0.5)
+    rng = np.random.default_rng(1)
+    negated = sum(torch.equal(augment_intensity(x, rng, half), -x) for _ in range(400))
+    assert 160 <= negated <= 240  # binomial(400, 0.5): mean 200, sd 10
+
+
+def test_blur_smooths_and_keeps_the_standard_deviation():
+    x = torch.randn(1, 16, 32, 32)
+    blur = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, blur_sigma=3.0)
+    sigmas = []
+    for seed in range(10):
+        out = augment_intensity(x, np.random.default_rng(seed), blur)
+        assert float(out.std()) == pytest.approx(float(x.std()), rel=1e-4)
+        neighbour = float((out[..., 1:] * out[..., :-1]).mean() / out.var())  # lag-1 correlation along x
+        sigma = float(np.random.default_rng(seed).uniform(0.0, 3.0))
+        sigmas.append(sigma)
+        # white noise blurred by σ: lag-1 correlation exp(−1 / (4σ²)); a small σ leaves it near 0
+        expected = np.exp(-1.0 / (4.0 * sigma**2)) if sigma > 0.7 else None
+        if expected is not None:
+            assert neighbour == pytest.approx(expected, abs=0.08), sigma
+    assert max(sigmas) > 2.0
+
+
 def test_noise_lowers_the_snr_at_unit_variance():
     signal = torch.randn(1, 16, 32, 32)
     noisy = AugmentConfig(True, True, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.4)

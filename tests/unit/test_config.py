@@ -143,6 +143,18 @@ def test_cross_field_rules():
             load_config(BASE, [f"data.extra_train_types={extra}"])
 
 
+def test_invert_prob_is_a_share_and_older_configs_load_without_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"augment\.invert_prob.*must be in \[0, 1\]"):
+        load_config(BASE, ["augment.invert_prob=1.5"])
+    doc = yaml.safe_load(BASE.read_text())
+    del doc["augment"]["invert_prob"]  # a resolved config written before the knob existed
+    path = tmp_path / "older.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert load_config(path).augment.invert_prob == 0.0
+    with pytest.raises(ConfigError, match=r"augment\.blur_sigma.*≥ 0"):
+        load_config(BASE, ["augment.blur_sigma=-1"])
+
+
 def test_missing_key_is_named(tmp_path):
     doc = yaml.safe_load(BASE.read_text())
     del doc["optim"]["grad_clip"]

@@ -12,6 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (must be empty or absent)")
     parser.add_argument("--preset", default="small",
                         help="starting config: tiny, small, full or portal (default: small; see czii.simulate)")
+    parser.add_argument("--family", help="world of scenes and imaging: A, B or C (default: the preset's own; "
+                        "families differ in particle models, decoys and imaging, see czii.simulate.dataset.FAMILIES)")
     parser.add_argument("--n-train", type=int, help="number of training runs")
     parser.add_argument("--n-test", type=int, help="number of test runs")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="tomogram size in voxels")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "intensity_scale_log10": args.intensity_scale_log10, "intensity_offset": args.intensity_offset,
         "spacing_zyx_A": args.voxel_size,
     }
-    config = SimConfig.preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
+    config = SimConfig.preset(args.preset, args.family, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
     result = simulate_dataset(args.out, config, overwrite=args.overwrite)
     seconds = time.perf_counter() - start

@@ -38,7 +38,21 @@ across the field along a random y-x direction, as a lamella thickening from one 
 background), ``intensity_scale_log10`` and ``intensity_offset`` (each tomogram is mapped to
 ``offset − scale·v`` with log10(scale) ~ U(range) and offset ~ U(range)·scale: the real CZII
 values are near 1e-5).
-Scene and imaging models: :mod:`czii.simulate.scene`, :mod:`czii.simulate.imaging`.
+World knobs (defaults keep the original world, and with them the same bytes): ``particle_models``
+(which of the three models of each class a run draws from), ``subunit_jitter`` and ``particle_warp``
+(fractions of the radius), ``particle_density_jitter`` (log-uniform spread of each particle's
+density), ``decoys`` (kinds of :data:`czii.simulate.shapes.DECOY_KINDS`), ``decoys_per_particle``,
+``decoy_near_fraction`` (share placed beside a particle), ``ice_rate`` and ``carbon_edge_rate``; and
+per-run imaging drawn from ranges: ``tilt_range_deg`` (± of the tilt series), ``tilt_axis_deg``
+(in-plane angle of the tilt axis from y), ``defocus_um``, ``ctf_corrected_rate`` (share of runs whose
+denoised tomogram has its phase flips corrected), ``noise_exponent`` (noise colour), ``filter_scale``
+(reconstruction low-pass, 0 = none) and ``sign_flip_rate`` (share of runs with protein brighter than
+solvent). A range given as one number is fixed; a fixed knob draws no random number. :data:`FAMILIES`
+names three worlds (``SimConfig.preset(name, family="A")``) with disjoint particle models, decoys and
+imaging, for out-of-family tests. ``run_prefix`` starts every run name (datasets of several
+families joined into one stay distinct).
+Scene and imaging models: :mod:`czii.simulate.scene`, :mod:`czii.simulate.imaging`, shapes:
+:mod:`czii.simulate.shapes`.
 """
 
 from __future__ import annotations
@@ -145,6 +159,10 @@ FAMILIES: dict[str, dict] = {
 }
 
 
+def _is_run_name(name: str) -> bool:
+    return all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
+
+
 def _is_copick_name(name: object) -> bool:
     return isinstance(name, str) and bool(name) and sanitize_name(name, suppress_warnings=True) == name
 
@@ -188,6 +206,7 @@ class SimConfig:
     object_names: Mapping[str, str] = field(default_factory=dict)
     type_names: Mapping[str, str] = field(default_factory=dict)
     real_picks_csv: str = DEFAULT_REAL_PICKS_CSV
+    run_prefix: str = ""
 
     def __post_init__(self) -> None:
         def fix(name: str, value) -> None:
@@ -220,6 +239,7 @@ class SimConfig:
         fix("object_names", dict(self.object_names))
         fix("type_names", dict(self.type_names))
         fix("real_picks_csv", str(self.real_picks_csv))
+        fix("run_prefix", str(self.run_prefix))
         self._validate()
 
     def _validate(self) -> None:
@@ -260,6 +280,8 @@ class SimConfig:
                       f"got {list(self.particle_models)}")
         if not self.decoys or set(self.decoys) - set(DECOY_KINDS) or len(set(self.decoys)) != len(self.decoys):
             raise bad(f"decoys must be distinct names from {list(DECOY_KINDS)}, got {list(self.decoys)}")
+        if self.run_prefix and not _is_run_name(self.run_prefix):
+            raise bad(f"run_prefix {self.run_prefix!r} cannot start a run name (letters, digits, '-', '_', '.')")
         if self.layout not in ("random", "real"):
             raise bad(f"layout must be 'random' or 'real', got {self.layout!r}")
         unknown = [t for t in self.types if t not in TOMO_TYPES]
@@ -483,8 +505,8 @@ def _train_run_names(n_train: int, real: pd.DataFrame | None) -> tuple[str, ...]
 
 
 def _build(tmp: Path, out_dir: Path, config: SimConfig, real: pd.DataFrame | None, progress: bool | None) -> SimResult:
-    train_runs = _train_run_names(config.n_train, real)
-    test_runs = tuple(f"TS_test_{i:02d}" for i in range(config.n_test))
+    train_runs = tuple(config.run_prefix + name for name in _train_run_names(config.n_train, real))
+    test_runs = tuple(f"{config.run_prefix}TS_test_{i:02d}" for i in range(config.n_test))
     runs = [(r, "train") for r in train_runs] + [(r, "test") for r in test_runs]
     seeds = np.random.SeedSequence(config.seed).spawn(len(runs))
     steps = len(runs) + config.n_train * len(config.types) + config.n_test

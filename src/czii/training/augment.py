@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
@@ -99,11 +100,19 @@ def sample_rotation_deg(rng: np.random.Generator, cfg: AugmentConfig) -> float:
 
 
 def augment_intensity(x: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
-    """Scale by U(1 ± intensity_scale), shift by U(± intensity_shift), add a linear y-x ramp of ± U(0,
+    """Negate with probability invert_prob (the contrast sign varies between reconstructions), blur by a
+    Gaussian of σ ~ U(0, blur_sigma) voxels keeping the standard deviation (a stronger low-pass), scale by
+    U(1 ± intensity_scale), shift by U(± intensity_shift), add a linear y-x ramp of ± U(0,
     intensity_ramp) at the patch edges along a random direction (an ice thickness gradient), and lower
     the SNR: add N(0, σ²) noise with σ ~ U(0, noise_std) and divide by sqrt(1 + σ²), so the z-scored input keeps
     its unit variance, as a noisier tomogram has after :func:`czii.data.normalize.normalize_volume`
     (noise_std 1 reaches half the SNR). ``x`` is ``[..., Z, Y, X]``."""
+    if cfg.invert_prob > 0 and rng.random() < cfg.invert_prob:
+        x = -x
+    if cfg.blur_sigma > 0:
+        sigma = float(rng.uniform(0.0, cfg.blur_sigma))
+        blurred = torch.from_numpy(scipy.ndimage.gaussian_filter(x.numpy(), (0,) * (x.ndim - 3) + (sigma,) * 3))
+        x = blurred * (x.std() / blurred.std().clamp_min(1e-6))
     if cfg.intensity_scale > 0:
         x = x * float(rng.uniform(1 - cfg.intensity_scale, 1 + cfg.intensity_scale))
     if cfg.intensity_shift > 0:
