@@ -116,8 +116,10 @@ bench: $(STAMP) $(WORK)/sim/copick_config.json ## training throughput and full-t
 	$(BIN)/python benchmarks/bench_inference.py --config $(CONFIG) $(DEVICE_ARG)
 
 MINUTES ?= 5
-bench-accuracy: $(STAMP) ## F4 on unseen simulated test sets after MINUTES of CPU training of CONFIG (2 folds) → benchmarks/results/accuracy_*.md
-	$(BIN)/python benchmarks/accuracy.py --config $(CONFIG) --minutes $(MINUTES)
+FAMILY ?=
+TOPCUP ?=
+bench-accuracy: $(STAMP) ## F4 on unseen simulated test sets after MINUTES of CPU training of CONFIG (2 folds); FAMILY=C: out-of-family (train on A, B; TOPCUP=<python with topcup> runs it beside) → benchmarks/results/
+	$(BIN)/python benchmarks/accuracy.py --config $(CONFIG) --minutes $(MINUTES) $(if $(FAMILY),--test-family $(FAMILY),) $(if $(TOPCUP),--topcup-python $(TOPCUP),)
 
 mutate: $(STAMP) ## mutation testing of the pure core (metric, picks, geometry, peaks, TTA, tiling, targets, augment, losses, EMA/LR), formats/, normalize, submission, predictor spec and resume store on their fast tests → benchmarks/results/mutation.md
 	rm -rf mutants

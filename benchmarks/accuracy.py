@@ -17,6 +17,13 @@
 4. Prints and writes the weighted F4 and the per-class table of every test set, the train,
    tune and inference seconds and the machine → ``benchmarks/results/accuracy_<config>_<N>min.md``
    (+ ``.json``).
+
+Out of family (``--test-family C [--train-families A B] [--family-seed S]``): the sets are instead the
+simulator's families (:data:`czii.simulate.FAMILIES`, :mod:`family_sets`): 3 training runs of each
+training family, ``in_family`` = 3 unseen runs of each training family, ``out_of_family`` = 6 runs of
+the test family, whose particle models, decoys and imaging no training run had. With
+``--topcup-python`` TopCUP is trained on the same runs (its own validation run and thresholds) and
+scored beside on the same sets (:mod:`peer_topcup`).
 """
 
 from __future__ import annotations
@@ -74,14 +81,15 @@ def _kept(candidates, thresholds: dict[str, float]):
 
 def fold_layout(runs: list[str], n_folds: int, holdout: int = 0) -> list[list[str]]:
     """The held-out runs of each fold (each fold's model trains on the others): ``holdout`` > 0 holds
-    out runs ``k*holdout .. k*holdout+holdout-1`` in fold k (the rest are never held out); 0 holds out
+    out runs ``k*holdout .. k*holdout+holdout-1`` in fold k (the blocks may cover every run: fold k then
+    holds out, say, family k); 0 holds out
     every run once, round-robin; one fold without ``holdout`` holds out the last run."""
     if n_folds < 1 or holdout < 0:
         raise SystemExit(f"--folds must be ≥ 1 and --holdout ≥ 0 (got {n_folds}, {holdout})")
     if holdout:
-        if n_folds * holdout >= len(runs):
+        if n_folds * holdout > len(runs) or n_folds < 2 and holdout >= len(runs):
             raise SystemExit(f"--folds {n_folds} × --holdout {holdout} holds out {n_folds * holdout} of the "
-                             f"{len(runs)} training runs: every fold needs a run to train on that no fold holds out")
+                             f"{len(runs)} training runs: the held-out blocks must fit and leave runs to train on")
         return [runs[k * holdout:(k + 1) * holdout] for k in range(n_folds)]
     if n_folds > len(runs):
         raise SystemExit(f"--folds {n_folds} exceeds the {len(runs)} training runs")
@@ -133,7 +141,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "bench_accuracy")
     parser.add_argument("--no-full", action="store_true", help="skip the 184×630×630 test tomogram")
-    parser.add_argument("--name", help="results file stem (default: accuracy_<config>_<N>min)")
+    parser.add_argument("--name",
+                        help="results file stem (default: accuracy_<config>_<N>min, + _oof<family>_s<seed>)")
     parser.add_argument("--test-family", choices=list(FAMILIES),
                         help="out-of-family benchmark: test on this simulator family, train on the others")
     parser.add_argument("--train-families", nargs="+", choices=list(FAMILIES), help="default: every other family")
@@ -156,7 +165,8 @@ def main() -> None:
 
     runs = sorted(p.name for p in train_static.iterdir())
     folds = fold_layout(runs, args.folds, args.holdout)
-    stem = args.name or f"accuracy_{Path(args.config).stem}_{args.minutes:g}min"
+    family_part = f"_oof{args.test_family}_s{args.family_seed}" if args.test_family else ""
+    stem = args.name or f"accuracy_{Path(args.config).stem}_{args.minutes:g}min{family_part}"
     config = with_data_paths(load_config(args.config, [
         *args.overrides, f"data.folds={json.dumps(folds)}", f"train.max_minutes={args.minutes / args.folds}",
     ]), [train_data])

@@ -34,9 +34,14 @@ def test_holdout_keeps_the_other_runs_in_every_fold():
     assert all(len(t) == 4 for t in trained) and set.intersection(*trained) == {"TS_2", "TS_3", "TS_4"}
 
 
+def test_blocks_may_cover_every_run_so_that_each_fold_holds_out_one_family():
+    runs = ["A_0", "A_1", "A_2", "B_0", "B_1", "B_2"]
+    assert bench.fold_layout(runs, 2, holdout=3) == [["A_0", "A_1", "A_2"], ["B_0", "B_1", "B_2"]]
+
+
 @pytest.mark.parametrize("n_folds, holdout, words", [
-    (5, 1, "holds out 5 of the 5"),
     (3, 2, "holds out 6 of the 5"),
+    (1, 5, "holds out 5 of the 5"),
     (6, 0, "exceeds the 5"),
     (0, 0, "must be ≥ 1"),
 ])

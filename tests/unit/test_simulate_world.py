@@ -3,6 +3,8 @@ imaging variations and the families built from them."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,10 +14,8 @@ from czii.geometry import CZII_SPACING_ZYX_A
 from czii.particles import BY_NAME, PARTICLE_NAMES
 from czii.simulate import FAMILIES, SimConfig, simulate_dataset
 from czii.simulate.imaging import _Spectrum
-from czii.simulate.scene import (
-    ParticleStyle, add_carbon_edge, add_decoys, add_ice, new_scene, place_random_particles, random_rotation,
-    render_density,
-)
+from czii.simulate.placement import ParticleStyle, add_carbon_edge, add_decoys, add_ice, place_random_particles
+from czii.simulate.scene import new_scene, random_rotation, render_density
 from czii.simulate.shapes import (
     DECOY_KINDS, DECOY_RADIUS_A, PARTICLE_MODELS, SHELL_EXCLUDED_A, decoy_parts, decoy_radius, particle_parts,
     random_warp, render_parts,
@@ -246,3 +246,18 @@ def test_bad_knobs_are_refused_by_name(overrides, match):
 
 def test_a_single_number_is_a_fixed_range():
     assert SimConfig(tilt_range_deg=50).tilt_range_deg == (50.0, 50.0)
+
+
+def test_cli_family_sets_the_world_and_an_unknown_one_is_refused(tmp_path, capsys):
+    import czii.cli
+
+    out = tmp_path / "fam"
+    argv = ["simulate", "--out", str(out), "--preset", "tiny", "--family", "C", "--n-train", "1", "--n-test", "0",
+            "--types", "denoised"]
+    assert czii.cli.main(argv) == 0
+    config = json.loads((out / "simulation.json").read_text())["config"]
+    assert config["particle_models"] == [2] and config["decoys"] == ["aggregate", "filament"]
+    assert config["defocus_um"] == [3.5, 5.0] and config["n_train"] == 1  # the family, then the flags
+    assert czii.cli.main(["simulate", "--out", str(tmp_path / "x"), "--family", "Z"]) == 2
+    assert "unknown simulator family 'Z'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

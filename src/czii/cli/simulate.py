@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small",
                         help="starting config: tiny, small, full or portal (default: small; see czii.simulate)")
     parser.add_argument("--family", help="world of scenes and imaging: A, B or C (default: the preset's own; "
-                        "families differ in particle models, decoys and imaging, see czii.simulate.dataset.FAMILIES)")
+                        "families differ in particle models, decoys and imaging, see czii.simulate.config.FAMILIES)")
     parser.add_argument("--n-train", type=int, help="number of training runs")
     parser.add_argument("--n-test", type=int, help="number of test runs")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="tomogram size in voxels")
