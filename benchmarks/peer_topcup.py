@@ -18,11 +18,13 @@ from pathlib import Path
 
 
 def _run(cmd: list[str], log: Path) -> float:
+    """Run a TopCUP step in the folder of ``log`` (it writes lightning_logs/ where it runs); its seconds."""
     started = time.perf_counter()
     with open(log, "a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
+                              env={**os.environ, "OMP_NUM_THREADS": "2"})
     if done.returncode:
         raise SystemExit(f"TopCUP step failed ({done.returncode}); see {log}")
     return time.perf_counter() - started
@@ -38,11 +40,13 @@ def run_topcup(python: Path, helpers: Path, objects_config: Path, train: Path, t
 
     ``objects_config``: a copick config whose pickable objects TopCUP's configs copy.
     """
+    work, train, objects_config = work.resolve(), train.resolve(), objects_config.resolve()
+    tests = {name: kaggle.resolve() for name, kaggle in tests.items()}
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     log = work / "topcup.log"
-    py, h = str(python), str(helpers)
+    py, h = str(Path(python).absolute()), str(Path(helpers).absolute())  # absolute, not resolved: a venv's python
     subprocess.run([py, f"{h}/mk_overlay.py", str(train / "train" / "overlay"), str(work / "overlay")], check=True)
     subprocess.run([py, f"{h}/mk_config.py", str(objects_config), str(work / "overlay"),
                     str((train / "train" / "static").resolve()), str(work / "train.json")], check=True)
