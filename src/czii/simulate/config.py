@@ -82,6 +82,12 @@ def _is_run_name(name: str) -> bool:
     return all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
 
 
+def _check_distinct(name: str, values: tuple, known: tuple) -> None:
+    """ConfigError unless ``values`` are one or more distinct entries of ``known``."""
+    if not values or set(values) - set(known) or len(set(values)) != len(values):
+        raise ConfigError(f"SimConfig: {name} must be distinct entries of {list(known)}, got {list(values)}")
+
+
 def _is_copick_name(name: object) -> bool:
     return isinstance(name, str) and bool(name) and sanitize_name(name, suppress_warnings=True) == name
 
@@ -192,20 +198,13 @@ class SimConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= highest):
                 raise bad(f"{name} must be a number in [0, {highest:g}], got {value!r}")
-        if not self.particle_models or set(self.particle_models) - set(PARTICLE_MODELS) or len(
-            set(self.particle_models)
-        ) != len(self.particle_models):
-            raise bad(f"particle_models must be distinct numbers from {list(PARTICLE_MODELS)}, "
-                      f"got {list(self.particle_models)}")
-        if not self.decoys or set(self.decoys) - set(DECOY_KINDS) or len(set(self.decoys)) != len(self.decoys):
-            raise bad(f"decoys must be distinct names from {list(DECOY_KINDS)}, got {list(self.decoys)}")
+        for name, known in (("particle_models", PARTICLE_MODELS), ("decoys", DECOY_KINDS)):
+            _check_distinct(name, getattr(self, name), known)
         if self.run_prefix and not _is_run_name(self.run_prefix):
             raise bad(f"run_prefix {self.run_prefix!r} cannot start a run name (letters, digits, '-', '_', '.')")
         if self.layout not in ("random", "real"):
             raise bad(f"layout must be 'random' or 'real', got {self.layout!r}")
-        unknown = [t for t in self.types if t not in TOMO_TYPES]
-        if not self.types or unknown or len(set(self.types)) != len(self.types):
-            raise bad(f"types must be distinct names from {list(TOMO_TYPES)}, got {list(self.types)}")
+        _check_distinct("types", self.types, TOMO_TYPES)
         written_types = tuple(dict.fromkeys(self.types + (TEST_TOMO_TYPE,)))
         for option, known, names in (
             ("object_names", PARTICLE_NAMES, self.object_names),

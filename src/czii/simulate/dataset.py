@@ -163,7 +163,7 @@ def _draw_run(
     scene = new_scene(config.shape_zyx, config.spacing_zyx_A, rng)
     volume_fraction = float(np.prod(config.shape_zyx) / np.prod(CZII_SHAPE_ZYX))
     params: dict = {"lamella": asdict(scene.lamella)}
-    if config.carbon_edge_rate and _happens(rng, config.carbon_edge_rate):
+    if _happens(rng, config.carbon_edge_rate):
         params["carbon_edge"] = asdict(add_carbon_edge(scene, rng))
     style = ParticleStyle(config.particle_models, config.subunit_jitter, config.particle_warp,
                           config.particle_density_jitter)

@@ -35,10 +35,10 @@ LEAFLET_SIGMA_A = 5.0
 MEMBRANE_HALF_THICKNESS_A = 25.0
 LAMELLA_EDGE_A = 40.0
 
+
 def particle_density(name: str, points_xyz_A: np.ndarray, variant: int = 0) -> np.ndarray:
     """Density of model ``variant`` of class ``name`` at body-frame points (N, 3) Å; zero beyond its radius."""
-    return render_parts(particle_parts(name, BY_NAME[name].radius_A, variant, 0.0, 0.0, np.random.default_rng(0)),
-                        points_xyz_A)
+    return render_parts(particle_parts(name, BY_NAME[name].radius_A, variant), points_xyz_A)
 
 
 @dataclass(frozen=True)

@@ -205,17 +205,21 @@ def unit_model(name: str, variant: int) -> tuple[Part, ...]:
 
 
 def particle_parts(
-    name: str, radius_A: float, variant: int, jitter: float, warp_A: float, rng: np.random.Generator
+    name: str, radius_A: float, variant: int, jitter: float = 0.0, warp_A: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[Part, ...]:
     """Model ``variant`` of ``name`` sized so that it (jittered, warped by up to ``warp_A``) stays within ``radius_A``.
 
-    Each subunit moves by a Gaussian of σ ``jitter`` × reach, cut at 2σ; with one part, nothing moves.
+    Each subunit moves by a Gaussian of σ ``jitter`` × reach, cut at 2σ (drawn from ``rng``, needed only
+    then); with one part, nothing moves.
     """
     parts = unit_model(name, variant)
     reach = (radius_A - EDGE_A - warp_A) / (1.0 + (2.0 * jitter if len(parts) > 1 else 0.0))
     sized = tuple(p.scaled(reach) for p in parts)
     if not jitter or len(parts) == 1:
         return sized
+    if rng is None:
+        raise ValueError("particle_parts: jitter needs a random generator")
     moved = []
     for part in sized:
         step = rng.standard_normal(3) * jitter * reach
